@@ -1,0 +1,349 @@
+"""Model-agnostic autoregressive decoding (greedy, sampling, beam search) over a KV cache.
+
+The model side supplies a step function
+
+    tokens_to_logits(ids: int32[Bk, 1], cache) -> (logits: float[Bk, V], new_cache)
+
+where ``Bk`` is ``batch * beams`` and every cache leaf with ``ndim >= 1`` has leading
+dimension ``Bk``. Scalar cache leaves (e.g. a shared cache index) are passed through untouched
+when beams are expanded or gathered. The step function advances its own position each call.
+
+All decoders run as a single ``jax.lax.while_loop`` and are jittable once ``tokens_to_logits``
+and the static keyword arguments are closed over (e.g. with ``functools.partial``). Returned
+sequences hold generated tokens only (no start token), end with ``eos_id`` where the model
+produced it, and are padded with ``PAD_ID`` afterwards.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+PyTree = Any
+StepFn = Callable[[jax.Array, PyTree], tuple[jax.Array, PyTree]]
+
+PAD_ID = 0
+# Finite "minus infinity" for log-probabilities; anything below NEG_INF / 2 counts as invalid.
+NEG_INF = -1.0e9
+
+__all__ = [
+    "NEG_INF",
+    "PAD_ID",
+    "beam_search",
+    "expand_to_beams",
+    "flatten_beams",
+    "gather_beams",
+    "greedy_search",
+    "length_penalty",
+    "sample_logits",
+    "unflatten_beams",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Beam helpers
+# --------------------------------------------------------------------------------------------
+
+
+def expand_to_beams(tree: PyTree, beam_size: int) -> PyTree:
+    """Repeat every ``[B, ...]`` leaf into ``[B, beam_size, ...]``; scalar leaves pass through."""
+
+    def expand(x: jax.Array) -> jax.Array:
+        x = jnp.asarray(x)
+        if x.ndim == 0:
+            return x
+        return jnp.broadcast_to(x[:, None], (x.shape[0], beam_size, *x.shape[1:]))
+
+    return jax.tree.map(expand, tree)
+
+
+def flatten_beams(tree: PyTree) -> PyTree:
+    """Merge the leading ``[B, K, ...]`` dimensions of every leaf into ``[B * K, ...]``."""
+
+    def flatten(x: jax.Array) -> jax.Array:
+        if x.ndim == 0:
+            return x
+        return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+    return jax.tree.map(flatten, tree)
+
+
+def unflatten_beams(tree: PyTree, batch_size: int) -> PyTree:
+    """Split the leading ``[B * K, ...]`` dimension of every leaf into ``[B, K, ...]``."""
+
+    def unflatten(x: jax.Array) -> jax.Array:
+        if x.ndim == 0:
+            return x
+        return x.reshape(batch_size, x.shape[0] // batch_size, *x.shape[1:])
+
+    return jax.tree.map(unflatten, tree)
+
+
+def gather_beams(tree: PyTree, beam_indices: jax.Array) -> PyTree:
+    """Select beams per example: leaves ``[B, K_old, ...]`` -> ``[B, K_new, ...]``.
+
+    ``beam_indices`` is ``int[B, K_new]`` with values in ``[0, K_old)``; scalar leaves pass
+    through.
+    """
+    batch_idx = jnp.arange(beam_indices.shape[0])[:, None]
+
+    def gather(x: jax.Array) -> jax.Array:
+        if x.ndim == 0:
+            return x
+        return x[batch_idx, beam_indices]
+
+    return jax.tree.map(gather, tree)
+
+
+def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
+    """Length penalty of Wu et al. (2016): ``((5 + length) / 6) ** alpha``."""
+    return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def _resolve_max_lengths(
+    max_lengths: jax.Array | None, batch_size: int, max_decode_len: int
+) -> jax.Array:
+    """Per-example generation caps as ``int32[B]`` clipped to ``[0, max_decode_len]``."""
+    if max_lengths is None:
+        return jnp.full((batch_size,), max_decode_len, jnp.int32)
+    max_lengths = jnp.asarray(max_lengths, jnp.int32).reshape(batch_size)
+    return jnp.clip(max_lengths, 0, max_decode_len)
+
+
+def _step_logits(
+    tokens_to_logits: StepFn, last: jax.Array, cache: PyTree
+) -> tuple[jax.Array, PyTree]:
+    """Run one model step on ``last: int32[Bk]`` and return ``float32[Bk, V]`` logits."""
+    logits, cache = tokens_to_logits(last[:, None], cache)
+    return logits.reshape(last.shape[0], logits.shape[-1]).astype(jnp.float32), cache
+
+
+# --------------------------------------------------------------------------------------------
+# Greedy decoding and sampling
+# --------------------------------------------------------------------------------------------
+
+
+def _is_static_value(x: Any, value: float, *, at_least: bool = False) -> bool:
+    """True when ``x`` is a concrete number equal to (or, with ``at_least``, >=) ``value``."""
+    if not isinstance(x, numbers.Real):
+        return False
+    return x >= value if at_least else x == value
+
+
+def sample_logits(
+    logits: jax.Array,
+    rng: jax.Array,
+    *,
+    temperature: float | jax.Array = 1.0,
+    top_k: int = 0,
+    top_p: float | jax.Array = 1.0,
+) -> jax.Array:
+    """Sample ``int32[B]`` tokens from ``logits: [B, V]`` with temperature, top-k and top-p.
+
+    ``top_k`` is static (0 disables it); ``temperature`` and ``top_p`` may be traced. A
+    temperature of 0 selects the argmax. Top-p keeps the smallest set of most probable tokens
+    whose cumulative probability reaches ``top_p`` (always at least one token).
+    """
+    logits = logits.astype(jnp.float32)
+    argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if _is_static_value(temperature, 0.0):
+        return argmax
+    temperature = jnp.asarray(temperature, jnp.float32)
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+    if top_k > 0:
+        kth = lax.top_k(scaled, top_k)[0][:, -1:]
+        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    if not _is_static_value(top_p, 1.0, at_least=True):
+        sorted_desc = -jnp.sort(-scaled, axis=-1)
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        first = (jnp.arange(sorted_desc.shape[-1]) == 0)[None, :]
+        keep = (mass_before < top_p) | first
+        threshold = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+        scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
+    sampled = jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+    return jnp.where(temperature > 0, sampled, argmax)
+
+
+class _GreedyState(NamedTuple):
+    step: jax.Array  # int32 scalar: tokens generated so far
+    last: jax.Array  # int32[B]: token fed at the next step
+    seqs: jax.Array  # int32[B, L]
+    finished: jax.Array  # bool[B]: eos emitted
+    cache: PyTree
+
+
+def greedy_search(
+    tokens_to_logits: StepFn,
+    cache: PyTree,
+    *,
+    batch_size: int,
+    max_decode_len: int,
+    start_id: int,
+    eos_id: int,
+    max_lengths: jax.Array | None = None,
+    temperature: float | jax.Array = 0.0,
+    top_k: int = 0,
+    top_p: float | jax.Array = 1.0,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """Greedy (``temperature == 0``) or sampled decoding; returns ``int32[B, max_decode_len]``.
+
+    ``cache`` leaves have leading dimension ``batch_size``. An example is finished once it
+    emits ``eos_id`` (kept in the output) or reaches ``max_lengths[b]`` generated tokens; the
+    rest of its row is ``PAD_ID``. The loop stops when every example is finished.
+    """
+    sampling = not _is_static_value(temperature, 0.0)
+    if sampling and rng is None:
+        raise ValueError("greedy_search: `rng` is required when temperature != 0.")
+    max_lengths = _resolve_max_lengths(max_lengths, batch_size, max_decode_len)
+
+    def done(state: _GreedyState) -> jax.Array:
+        return state.finished | (state.step >= max_lengths)
+
+    def cond(state: _GreedyState) -> jax.Array:
+        return (state.step < max_decode_len) & ~jnp.all(done(state))
+
+    def body(state: _GreedyState) -> _GreedyState:
+        logits, new_cache = _step_logits(tokens_to_logits, state.last, state.cache)
+        if sampling:
+            key = jax.random.fold_in(rng, state.step)
+            tokens = sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
+        else:
+            tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        was_done = done(state)
+        tokens = jnp.where(was_done, PAD_ID, tokens)
+        seqs = lax.dynamic_update_slice_in_dim(state.seqs, tokens[:, None], state.step, axis=1)
+        finished = state.finished | (~was_done & (tokens == eos_id))
+        return _GreedyState(state.step + 1, tokens, seqs, finished, new_cache)
+
+    init = _GreedyState(
+        step=jnp.zeros((), jnp.int32),
+        last=jnp.full((batch_size,), start_id, jnp.int32),
+        seqs=jnp.full((batch_size, max_decode_len), PAD_ID, jnp.int32),
+        finished=jnp.zeros((batch_size,), bool),
+        cache=cache,
+    )
+    return lax.while_loop(cond, body, init).seqs
+
+
+# --------------------------------------------------------------------------------------------
+# Beam search
+# --------------------------------------------------------------------------------------------
+
+
+class _BeamState(NamedTuple):
+    step: jax.Array  # int32 scalar: tokens generated so far
+    alive_seqs: jax.Array  # int32[B, K, L]
+    alive_last: jax.Array  # int32[B, K]: token fed at the next step
+    alive_logp: jax.Array  # float32[B, K]: sorted descending
+    fin_seqs: jax.Array  # int32[B, K, L]
+    fin_scores: jax.Array  # float32[B, K]: length-normalised, sorted descending
+    fin_flags: jax.Array  # bool[B, K]: slot holds a real hypothesis
+    cache: PyTree  # leaves [B * K, ...]
+
+
+def beam_search(
+    tokens_to_logits: StepFn,
+    cache: PyTree,
+    *,
+    batch_size: int,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+    max_decode_len: int,
+    start_id: int,
+    eos_id: int,
+    max_lengths: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Beam search with length penalty; returns ``(int32[B, K, L], float32[B, K])`` best first.
+
+    ``cache`` leaves have leading dimension ``batch_size`` and are expanded to
+    ``batch_size * beam_size`` internally. Each step keeps the top ``2K`` extensions of the
+    alive beams; those ending in ``eos_id`` (or reaching ``max_lengths[b]``, which forces them
+    to finish without eos) enter the finished pool scored by ``logp / length_penalty(len)``,
+    the rest refill the alive pool. An example stops once no alive beam can beat its worst
+    finished hypothesis; examples without finished hypotheses fall back to their alive beams.
+    """
+    B, K, L = batch_size, beam_size, max_decode_len
+    max_lengths = _resolve_max_lengths(max_lengths, B, L)
+    best_possible_penalty = length_penalty(max_lengths, alpha)  # [B]
+    positions = jnp.arange(L)[None, None, :]
+
+    def cond(state: _BeamState) -> jax.Array:
+        best_alive = state.alive_logp[:, 0]
+        worst_finished = jnp.min(jnp.where(state.fin_flags, state.fin_scores, NEG_INF), axis=1)
+        done = (
+            (state.step >= max_lengths)
+            | (best_alive <= NEG_INF / 2)
+            | (worst_finished > best_alive / best_possible_penalty)
+        )
+        return (state.step < L) & ~jnp.all(done)
+
+    def body(state: _BeamState) -> _BeamState:
+        logits, new_cache = _step_logits(
+            tokens_to_logits, state.alive_last.reshape(B * K), state.cache
+        )
+        vocab = logits.shape[-1]
+        logp = jax.nn.log_softmax(logits, axis=-1).reshape(B, K, vocab)
+        candidates = (state.alive_logp[:, :, None] + logp).reshape(B, K * vocab)
+        top_logp, top_idx = lax.top_k(candidates, 2 * K)  # [B, 2K]
+        src_beam = top_idx // vocab
+        tokens = (top_idx % vocab).astype(jnp.int32)
+        seqs = gather_beams(state.alive_seqs, src_beam)
+        seqs = jnp.where(positions == state.step, tokens[:, :, None], seqs)  # [B, 2K, L]
+
+        new_len = state.step + 1
+        in_budget = (new_len <= max_lengths)[:, None]
+        forced = (new_len >= max_lengths)[:, None]
+        finishing = (tokens == eos_id) | forced
+        valid = (top_logp > NEG_INF / 2) & in_budget
+
+        # Alive pool: best K extensions that do not finish.
+        alive_logp, alive_pos = lax.top_k(jnp.where(finishing, NEG_INF, top_logp), K)
+        alive_src = jnp.take_along_axis(src_beam, alive_pos, axis=1)
+        cache = flatten_beams(gather_beams(unflatten_beams(new_cache, B), alive_src))
+
+        # Finished pool: merge the new finished hypotheses with the old ones, keep the best K.
+        new_flags = finishing & valid
+        new_scores = jnp.where(new_flags, top_logp / length_penalty(new_len, alpha), NEG_INF)
+        fin_scores, fin_pos = lax.top_k(jnp.concatenate([state.fin_scores, new_scores], axis=1), K)
+        fin_seqs = gather_beams(jnp.concatenate([state.fin_seqs, seqs], axis=1), fin_pos)
+        fin_flags = gather_beams(jnp.concatenate([state.fin_flags, new_flags], axis=1), fin_pos)
+
+        return _BeamState(
+            step=new_len,
+            alive_seqs=gather_beams(seqs, alive_pos),
+            alive_last=jnp.take_along_axis(tokens, alive_pos, axis=1),
+            alive_logp=alive_logp,
+            fin_seqs=fin_seqs,
+            fin_scores=fin_scores,
+            fin_flags=fin_flags,
+            cache=cache,
+        )
+
+    init_logp = jnp.where(jnp.arange(K) == 0, 0.0, NEG_INF)[None, :]
+    init = _BeamState(
+        step=jnp.zeros((), jnp.int32),
+        alive_seqs=jnp.full((B, K, L), PAD_ID, jnp.int32),
+        alive_last=jnp.full((B, K), start_id, jnp.int32),
+        alive_logp=jnp.broadcast_to(init_logp, (B, K)).astype(jnp.float32),
+        fin_seqs=jnp.full((B, K, L), PAD_ID, jnp.int32),
+        fin_scores=jnp.full((B, K), NEG_INF, jnp.float32),
+        fin_flags=jnp.zeros((B, K), bool),
+        cache=flatten_beams(expand_to_beams(cache, K)),
+    )
+    state = lax.while_loop(cond, body, init)
+
+    # Fallback for examples that never finished a hypothesis: report their alive beams.
+    has_finished = jnp.any(state.fin_flags, axis=1)
+    alive_len = jnp.minimum(state.step, max_lengths)
+    alive_seqs = jnp.where(positions < alive_len[:, None, None], state.alive_seqs, PAD_ID)
+    alive_scores = state.alive_logp / length_penalty(alive_len, alpha)[:, None]
+    seqs = jnp.where(has_finished[:, None, None], state.fin_seqs, alive_seqs)
+    scores = jnp.where(has_finished[:, None], state.fin_scores, alive_scores)
+    return seqs, scores

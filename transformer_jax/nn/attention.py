@@ -1,0 +1,129 @@
+"""Multi-head attention with a KV cache, over the one attention core."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.ops.attention import dot_product_attention
+
+
+def _proj(features: tuple[int, ...], axes, config: TransformerConfig, name: str, axis=-1):
+    return nn.DenseGeneral(
+        features=features,
+        axis=axis,
+        use_bias=config.attention_bias,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), axes),
+        bias_init=nn.with_logical_partitioning(
+            nn.initializers.zeros, axes[-len(features) :] if len(features) > 1 else axes[-1:]
+        ),
+        name=name,
+    )
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention. In decode mode it keeps keys/values in "cache".
+
+    Self-attention cache: `cached_key`/`cached_value` [B, S_max, K, H] filled at
+    `cache_index`; a call with T new tokens writes them and attends causally by
+    absolute position. Cross-attention cache: the projected encoder keys/values
+    and the source segment ids are stored once, when the cache is created
+    (`EncoderDecoder.init_cache`), so decoding steps never touch the encoder.
+    """
+
+    config: TransformerConfig
+    causal: bool = False
+    is_cross: bool = False
+
+    def _out(self, o_BTNH: jax.Array) -> jax.Array:
+        cfg = self.config
+        return _proj((cfg.d_model,), ("heads", "kv", "embed"), cfg, "out", axis=(-2, -1))(o_BTNH)
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BTD: jax.Array,
+        kv_BSD: jax.Array | None = None,
+        *,
+        q_seg_BT: jax.Array | None = None,
+        kv_seg_BS: jax.Array | None = None,
+        q_pos_BT: jax.Array | None = None,
+        kv_pos_BS: jax.Array | None = None,
+    ) -> jax.Array:
+        cfg = self.config
+        N, K, H = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+        q_BTNH = _proj((N, H), ("embed", "heads", "kv"), cfg, "query")(x_BTD)
+        key_proj = _proj((K, H), ("embed", "kv_heads", "kv"), cfg, "key")
+        value_proj = _proj((K, H), ("embed", "kv_heads", "kv"), cfg, "value")
+        q_BTNH = nn.with_logical_constraint(q_BTNH, ("batch", "length", "heads", "kv"))
+
+        if self.is_cross:
+            if cfg.decode:
+                # Filled when the cache is created; later steps pass kv_BSD=None.
+                k_c = self.variable("cache", "cross_key", lambda: key_proj(kv_BSD))
+                v_c = self.variable("cache", "cross_value", lambda: value_proj(kv_BSD))
+                seg_c = self.variable("cache", "cross_segment_ids", lambda: kv_seg_BS)
+                k_BSKH, v_BSKH, kv_seg_BS = k_c.value, v_c.value, seg_c.value
+            else:
+                k_BSKH, v_BSKH = key_proj(kv_BSD), value_proj(kv_BSD)
+            o_BTNH = dot_product_attention(
+                q_BTNH,
+                k_BSKH,
+                v_BSKH,
+                q_segment_ids=q_seg_BT,
+                kv_segment_ids=kv_seg_BS,
+                implementation=cfg.attention_impl,
+            )
+            return self._out(o_BTNH)
+
+        k_BTKH, v_BTKH = key_proj(x_BTD), value_proj(x_BTD)
+        if cfg.decode and self.causal:
+            return self._out(self._cached_self_attention(q_BTNH, k_BTKH, v_BTKH))
+        o_BTNH = dot_product_attention(
+            q_BTNH,
+            k_BTKH,
+            v_BTKH,
+            q_segment_ids=q_seg_BT,
+            kv_segment_ids=q_seg_BT,
+            q_positions=q_pos_BT,
+            kv_positions=q_pos_BT,
+            causal=self.causal,
+            implementation=cfg.attention_impl,
+        )
+        return self._out(o_BTNH)
+
+    def _cached_self_attention(self, q_BTNH, k_BTKH, v_BTKH) -> jax.Array:
+        cfg = self.config
+        B, T, K, H = k_BTKH.shape
+        # The cache is created by a call whose T is the maximum decode length.
+        S = T
+        is_init = not self.has_variable("cache", "cached_key")
+        ck = self.variable("cache", "cached_key", jnp.zeros, (B, S, K, H), k_BTKH.dtype)
+        cv = self.variable("cache", "cached_value", jnp.zeros, (B, S, K, H), v_BTKH.dtype)
+        idx = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        if is_init:
+            # Creating the cache (shape pass): nothing to attend to yet.
+            return jnp.zeros_like(q_BTNH)
+        S = ck.value.shape[1]
+        i = idx.value
+        ck.value = jax.lax.dynamic_update_slice(ck.value, k_BTKH.astype(ck.value.dtype), (0, i, 0, 0))
+        cv.value = jax.lax.dynamic_update_slice(cv.value, v_BTKH.astype(cv.value.dtype), (0, i, 0, 0))
+        idx.value = i + T
+        q_pos_BT = jnp.broadcast_to(i + jnp.arange(T, dtype=jnp.int32), (B, T))
+        kv_pos_BS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
+        kv_seg_BS = (kv_pos_BS < i + T).astype(jnp.int32)
+        return dot_product_attention(
+            q_BTNH,
+            ck.value,
+            cv.value,
+            q_segment_ids=jnp.ones((B, T), jnp.int32),
+            kv_segment_ids=kv_seg_BS,
+            q_positions=q_pos_BT,
+            kv_positions=kv_pos_BS,
+            causal=True,
+            implementation=cfg.attention_impl,
+        )

@@ -1,0 +1,114 @@
+"""The typed, frozen model configuration shared by every Transformer stack."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swish", "silu")
+NORM_POSITIONS = ("post", "pre")
+POSITION_LAYOUTS = ("interleaved", "halves")
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Hyper-parameters of a Transformer stack; layers receive only this.
+
+    The defaults are the paper's base model ("Attention Is All You Need", 2017):
+    post-LN, sinusoidal positions, embeddings scaled by sqrt(d_model), one shared
+    source/target embedding tied to the pre-softmax projection, ReLU feed-forward.
+    """
+
+    vocab_size: int = 32000
+    target_vocab_size: int | None = None  # only when share_embeddings is False
+    d_model: int = 512
+    num_heads: int = 8
+    num_kv_heads: int | None = None  # grouped-query attention; None = num_heads
+    head_dim: int | None = None  # None = d_model // num_heads
+    d_ff: int = 2048
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dropout_rate: float = 0.1
+    activation: str = "relu"
+    norm_position: str = "post"
+    layer_norm_eps: float = 1e-6
+    scale_embeddings: bool = True
+    share_embeddings: bool = True  # encoder and decoder read one table
+    tie_output: bool = True  # pre-softmax projection = target embedding^T
+    final_logits_bias: bool = False
+    attention_bias: bool = False  # biases on the q/k/v/o projections
+    position_layout: str = "interleaved"  # paper: sin/cos interleaved; "halves": [sin | cos]
+    max_position: int = 1024
+    pad_id: int = 0
+    eos_id: int = 1
+    decoder_start_id: int = 2
+    attention_impl: str = "auto"
+    dtype: Any = jnp.float32  # compute dtype
+    param_dtype: Any = jnp.float32
+    remat: str = "none"
+    deterministic: bool = True  # False while training (dropout on)
+    decode: bool = False  # True for autoregressive decoding with a KV cache
+
+    def __post_init__(self) -> None:
+        def bad(key: str, value: Any, why: str) -> None:
+            raise ValueError(f"model.{key}={value!r}: {why}")
+
+        for key in ("vocab_size", "d_model", "num_heads", "d_ff", "max_position"):
+            if getattr(self, key) <= 0:
+                bad(key, getattr(self, key), "must be positive")
+        for key in ("num_encoder_layers", "num_decoder_layers"):
+            if getattr(self, key) < 0:
+                bad(key, getattr(self, key), "must be >= 0")
+        if self.head_dim is None and self.d_model % self.num_heads:
+            bad("num_heads", self.num_heads, f"must divide d_model={self.d_model}")
+        if self.num_heads % self.kv_heads:
+            bad("num_kv_heads", self.num_kv_heads, f"must divide num_heads={self.num_heads}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            bad("dropout_rate", self.dropout_rate, "must be in [0, 1)")
+        if self.activation not in ACTIVATIONS:
+            bad("activation", self.activation, f"choose one of {ACTIVATIONS}")
+        if self.norm_position not in NORM_POSITIONS:
+            bad("norm_position", self.norm_position, f"choose one of {NORM_POSITIONS}")
+        if self.position_layout not in POSITION_LAYOUTS:
+            bad("position_layout", self.position_layout, f"choose one of {POSITION_LAYOUTS}")
+        if self.remat not in REMAT_POLICIES:
+            bad("remat", self.remat, f"choose one of {REMAT_POLICIES}")
+        if not self.share_embeddings and self.target_vocab_size is None:
+            bad("target_vocab_size", None, "required when share_embeddings is False")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def output_vocab_size(self) -> int:
+        return self.vocab_size if self.share_embeddings else int(self.target_vocab_size)
+
+    def replace(self, **changes: Any) -> TransformerConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def config_to_json(config: TransformerConfig) -> dict[str, Any]:
+    out = dataclasses.asdict(config)
+    out["dtype"] = jnp.dtype(config.dtype).name
+    out["param_dtype"] = jnp.dtype(config.param_dtype).name
+    return out
+
+
+def config_from_json(blob: dict[str, Any]) -> TransformerConfig:
+    known = {f.name for f in dataclasses.fields(TransformerConfig)}
+    unknown = sorted(set(blob) - known)
+    if unknown:
+        raise ValueError(f"model config has unknown fields {unknown}")
+    blob = dict(blob)
+    for key in ("dtype", "param_dtype"):
+        if key in blob:
+            blob[key] = jnp.dtype(blob[key])
+    return TransformerConfig(**blob)

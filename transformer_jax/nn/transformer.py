@@ -1,0 +1,123 @@
+"""Encoder and decoder stacks, post-LN (the paper) or pre-LN."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from transformer_jax.nn.attention import MultiHeadAttention
+from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.mlp import FeedForward
+
+
+def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+class Residual(nn.Module):
+    """x -> LN(x + drop(f(x))) (post-LN) or x + drop(f(LN(x))) (pre-LN)."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_BLD: jax.Array, sublayer, *args, **kwargs) -> jax.Array:
+        cfg = self.config
+        norm = layer_norm(cfg, "norm")
+        drop = nn.Dropout(cfg.dropout_rate, deterministic=cfg.deterministic)
+        if cfg.norm_position == "pre":
+            return x_BLD + drop(sublayer(norm(x_BLD), *args, **kwargs))
+        return norm(x_BLD + drop(sublayer(x_BLD, *args, **kwargs)))
+
+
+def _constrain(x_BLD: jax.Array) -> jax.Array:
+    return nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
+
+
+class EncoderLayer(nn.Module):
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_BLD, seg_BL, pos_BL):
+        cfg = self.config
+        attn = MultiHeadAttention(cfg, name="self_attention")
+        x_BLD = Residual(cfg, name="attention_block")(
+            x_BLD, lambda h: attn(h, q_seg_BT=seg_BL, q_pos_BT=pos_BL)
+        )
+        x_BLD = Residual(cfg, name="mlp_block")(x_BLD, FeedForward(cfg, name="mlp"))
+        return _constrain(x_BLD)
+
+
+class DecoderLayer(nn.Module):
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS):
+        cfg = self.config
+        self_attn = MultiHeadAttention(cfg, causal=True, name="self_attention")
+        cross_attn = MultiHeadAttention(cfg, is_cross=True, name="cross_attention")
+        y_BTD = Residual(cfg, name="attention_block")(
+            y_BTD, lambda h: self_attn(h, q_seg_BT=seg_BT, q_pos_BT=pos_BT)
+        )
+        y_BTD = Residual(cfg, name="cross_block")(
+            y_BTD, lambda h: cross_attn(h, enc_BSD, q_seg_BT=seg_BT, kv_seg_BS=enc_seg_BS)
+        )
+        y_BTD = Residual(cfg, name="mlp_block")(y_BTD, FeedForward(cfg, name="mlp"))
+        return _constrain(y_BTD)
+
+
+def _remat(cls, config: TransformerConfig):
+    if config.remat == "none":
+        return cls
+    policy = None
+    if config.remat == "dots":
+        policy = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    return nn.remat(cls, policy=policy, prevent_cse=True)
+
+
+class Encoder(nn.Module):
+    """Embedded source [B, S, D] -> encoded [B, S, D]."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_BSD, seg_BS, pos_BS):
+        cfg = self.config
+        layer_cls = _remat(EncoderLayer, cfg)
+        for i in range(cfg.num_encoder_layers):
+            x_BSD = layer_cls(cfg, name=f"layer_{i}")(x_BSD, seg_BS, pos_BS)
+        if cfg.norm_position == "pre":
+            x_BSD = layer_norm(cfg, "final_norm")(x_BSD)
+        return x_BSD
+
+
+class Decoder(nn.Module):
+    """Embedded target [B, T, D] + encoded source -> hidden [B, T, D]."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS):
+        cfg = self.config
+        layer_cls = _remat(DecoderLayer, cfg)
+        for i in range(cfg.num_decoder_layers):
+            y_BTD = layer_cls(cfg, name=f"layer_{i}")(y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS)
+        if cfg.norm_position == "pre":
+            y_BTD = layer_norm(cfg, "final_norm")(y_BTD)
+        return y_BTD
+
+
+def segments_from_ids(ids_BL: jax.Array, pad_id: int) -> jax.Array:
+    return (ids_BL != pad_id).astype(jnp.int32)
+
+
+def default_positions(ids_BL: jax.Array) -> jax.Array:
+    B, L = ids_BL.shape
+    return jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))

@@ -1,0 +1,576 @@
+"""Scaled dot-product attention with segment-id and position-based masking.
+
+Layouts follow ``jax.nn.dot_product_attention``: query ``[B, T, N, H]``, key and
+value ``[B, S, K, H]`` where ``K`` divides ``N`` (grouped-query attention).
+
+Key ``s`` is visible to query ``t`` when ``q_segment_ids[b, t] != 0``,
+``kv_segment_ids[b, s] == q_segment_ids[b, t]`` and, for causal attention,
+``kv_positions[b, s] <= q_positions[b, t]``. Query rows with no visible key
+produce zeros. Softmax statistics are always accumulated in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["IMPLEMENTATIONS", "dot_product_attention", "make_attention_mask"]
+
+IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
+
+# Finite stand-in for -inf: masked logits stay finite so no NaN can appear.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+# "auto" switches from the materialised reference to the chunked kernel above this.
+_AUTO_CHUNKED_MIN_SCORES = 2048 * 2048
+_SPLASH_LANES = 128
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _visible(
+    q_seg: jax.Array,
+    kv_seg: jax.Array,
+    q_pos: jax.Array | None,
+    kv_pos: jax.Array | None,
+    causal: bool,
+) -> jax.Array:
+    """Boolean visibility ``[B, T, S]`` from ids ``[B, T]`` / ``[B, S]``."""
+    q_seg_bt1 = q_seg[:, :, None]
+    visible_bts = (q_seg_bt1 == kv_seg[:, None, :]) & (q_seg_bt1 != 0)
+    if causal:
+        assert q_pos is not None and kv_pos is not None
+        visible_bts = visible_bts & (kv_pos[:, None, :] <= q_pos[:, :, None])
+    return visible_bts
+
+
+def make_attention_mask(
+    q_segment_ids: jax.Array,
+    kv_segment_ids: jax.Array,
+    q_positions: jax.Array | None = None,
+    kv_positions: jax.Array | None = None,
+    causal: bool = False,
+) -> jax.Array:
+    """Returns the boolean attention mask ``[B, 1, T, S]`` (True = attend).
+
+    Positions default to ``arange`` and are only read when ``causal`` is set.
+    """
+    q_seg = jnp.asarray(q_segment_ids)
+    kv_seg = jnp.asarray(kv_segment_ids)
+    if q_seg.ndim != 2 or kv_seg.ndim != 2 or q_seg.shape[0] != kv_seg.shape[0]:
+        raise ValueError(
+            f"segment ids must be [B, T] and [B, S]; got {q_seg.shape} and {kv_seg.shape}"
+        )
+    if causal:
+        q_positions = _ids_or_default(q_positions, q_seg.shape, "q_positions", arange=True)
+        kv_positions = _ids_or_default(kv_positions, kv_seg.shape, "kv_positions", arange=True)
+    return _visible(q_seg, kv_seg, q_positions, kv_positions, causal)[:, None]
+
+
+def _ids_or_default(
+    ids: jax.typing.ArrayLike | None, shape: tuple[int, int], name: str, *, arange: bool
+) -> jax.Array:
+    """Validates an int id array of ``shape`` or builds the default (ones or arange)."""
+    if ids is None:
+        if arange:
+            return jnp.broadcast_to(jnp.arange(shape[1], dtype=jnp.int32)[None], shape)
+        return jnp.ones(shape, jnp.int32)
+    ids = jnp.asarray(ids)
+    if ids.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {ids.shape}")
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"{name} must be an integer array, got dtype {ids.dtype}")
+    return ids.astype(jnp.int32)
+
+
+# ------------------------------------------------------------------------ dispatch
+
+
+def dot_product_attention(
+    query: jax.typing.ArrayLike,
+    key: jax.typing.ArrayLike,
+    value: jax.typing.ArrayLike,
+    *,
+    q_segment_ids: jax.typing.ArrayLike | None = None,
+    kv_segment_ids: jax.typing.ArrayLike | None = None,
+    q_positions: jax.typing.ArrayLike | None = None,
+    kv_positions: jax.typing.ArrayLike | None = None,
+    causal: bool = False,
+    bias: jax.typing.ArrayLike | None = None,
+    implementation: str = "auto",
+    query_chunk_size: int = 512,
+    key_chunk_size: int = 512,
+) -> jax.Array:
+    """Masked multi-head attention ``softmax(Q K^T / sqrt(H) + mask) V``.
+
+    Args:
+      query: ``[B, T, N, H]``.
+      key: ``[B, S, K, H]`` with ``N % K == 0``.
+      value: ``[B, S, K, H]``.
+      q_segment_ids: ``[B, T]`` int, 0 marks padding; defaults to all ones.
+      kv_segment_ids: ``[B, S]`` int, 0 marks padding; defaults to all ones.
+      q_positions: ``[B, T]`` int positions for the causal rule; defaults to arange.
+      kv_positions: ``[B, S]`` int positions for the causal rule; defaults to arange.
+      causal: mask keys whose position is greater than the query's position.
+      bias: additive float bias broadcastable to ``[B, N, T, S]`` ("xla" only).
+      implementation: one of ``IMPLEMENTATIONS``.
+      query_chunk_size: query block size for "chunked" (and "splash" when valid).
+      key_chunk_size: key block size for "chunked" (and "splash" when valid).
+
+    Returns:
+      ``[B, T, N, H]`` in the dtype of ``query``.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"Unknown attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}"
+        )
+    for name, size in (("query_chunk_size", query_chunk_size), ("key_chunk_size", key_chunk_size)):
+        if not isinstance(size, int) or size <= 0:
+            raise ValueError(f"{name} must be a positive int, got {size!r}")
+    q, k, v = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+    _check_qkv(q, k, v)
+    B, T, _, _ = q.shape
+    S = k.shape[1]
+    default_positions = q_positions is None and kv_positions is None
+    q_seg = _ids_or_default(q_segment_ids, (B, T), "q_segment_ids", arange=False)
+    kv_seg = _ids_or_default(kv_segment_ids, (B, S), "kv_segment_ids", arange=False)
+    q_pos = _ids_or_default(q_positions, (B, T), "q_positions", arange=True)
+    kv_pos = _ids_or_default(kv_positions, (B, S), "kv_positions", arange=True)
+
+    if implementation == "auto":
+        implementation = _select_implementation(
+            q, k, v, has_bias=bias is not None, positions_matter=causal and not default_positions
+        )
+    if bias is not None and implementation != "xla":
+        raise ValueError(
+            f"bias is only supported by implementation='xla', got implementation={implementation!r}"
+        )
+
+    if implementation == "xla":
+        mask = _visible(q_seg, kv_seg, q_pos, kv_pos, causal)[:, None]
+        return _xla_attention(q, k, v, mask, bias)
+    if implementation == "chunked":
+        return _chunked_attention(
+            q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, query_chunk_size, key_chunk_size
+        )
+    if implementation == "cudnn":
+        reason = _cudnn_unsupported_reason(q, k, v)
+        if reason is not None:
+            raise ValueError(f"implementation='cudnn' is unavailable: {reason}")
+        mask = _visible(q_seg, kv_seg, q_pos, kv_pos, causal)[:, None]
+        return _cudnn_attention(q, k, v, mask)
+    reason = _splash_unsupported_reason(q, k, positions_matter=causal and not default_positions)
+    if reason is not None:
+        raise ValueError(f"implementation='splash' is unavailable: {reason}")
+    return _splash_attention(q, k, v, q_seg, kv_seg, causal, query_chunk_size, key_chunk_size)
+
+
+def _check_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
+    """Raises ValueError unless q is [B, T, N, H] and k, v are [B, S, K, H] with K | N."""
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(
+            "query, key and value must be rank 4 ([B, T, N, H], [B, S, K, H], [B, S, K, H]); "
+            f"got shapes {q.shape}, {k.shape}, {v.shape}"
+        )
+    if k.shape != v.shape:
+        raise ValueError(f"key and value shapes differ: {k.shape} vs {v.shape}")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(
+            f"query {q.shape} and key {k.shape} must agree on batch (dim 0) and head size (dim 3)"
+        )
+    if k.shape[2] == 0 or q.shape[2] % k.shape[2]:
+        raise ValueError(
+            f"key heads ({k.shape[2]}) must divide query heads ({q.shape[2]}); "
+            f"query {q.shape}, key {k.shape}"
+        )
+
+
+def _select_implementation(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, has_bias: bool, positions_matter: bool
+) -> str:
+    """Picks the fastest implementation valid for these inputs on the default backend."""
+    if not has_bias:
+        if _cudnn_unsupported_reason(q, k, v, strict=True) is None:
+            return "cudnn"
+        if _splash_unsupported_reason(q, k, positions_matter=positions_matter) is None:
+            return "splash"
+    if not has_bias and q.shape[1] * k.shape[1] > _AUTO_CHUNKED_MIN_SCORES:
+        return "chunked"
+    return "xla"
+
+
+# ----------------------------------------------------------------------------- xla
+
+
+def _xla_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    bias: jax.typing.ArrayLike | None,
+) -> jax.Array:
+    """Reference attention materialising ``[B, N, T, S]`` scores; mask is ``[B, 1, T, S]``."""
+    B, T, N, H = q.shape
+    S, K = k.shape[1], k.shape[2]
+    G = N // K
+    q_btkgh = q.reshape(B, T, K, G, H)
+    s_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k, preferred_element_type=jnp.float32)
+    s_bkgts = s_bkgts * (1.0 / math.sqrt(H))
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        try:
+            if bias.ndim > 4:
+                raise ValueError
+            np.broadcast_shapes(bias.shape, (B, N, T, S))
+        except ValueError:
+            raise ValueError(
+                f"bias shape {bias.shape} is not broadcastable to [B, N, T, S] = {(B, N, T, S)}"
+            ) from None
+        bias_bnts = jnp.broadcast_to(bias.astype(jnp.float32), (B, N, T, S))
+        s_bkgts = s_bkgts + bias_bnts.reshape(B, K, G, T, S)
+    mask_b11ts = mask[:, :, None]
+    s_bkgts = jnp.where(mask_b11ts, s_bkgts, _MASK_VALUE)
+    p_bkgts = jnp.where(mask_b11ts, jax.nn.softmax(s_bkgts, axis=-1), 0.0)
+    out_btkgh = jnp.einsum(
+        "bkgts,bskh->btkgh", p_bkgts.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
+    return out_btkgh.reshape(B, T, N, H).astype(q.dtype)
+
+
+# ------------------------------------------------------------------------- chunked
+
+
+def _chunked_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_seg: jax.Array,
+    kv_seg: jax.Array,
+    q_pos: jax.Array,
+    kv_pos: jax.Array,
+    causal: bool,
+    query_chunk_size: int,
+    key_chunk_size: int,
+) -> jax.Array:
+    """Online-softmax attention over query and key blocks; never builds ``[T, S]`` scores."""
+    B, T, N, H = q.shape
+    S, K = k.shape[1], k.shape[2]
+    G = N // K
+    qc, kc = min(query_chunk_size, T), min(key_chunk_size, S)
+    t_pad, s_pad = -T % qc, -S % kc
+
+    q_bkgth = q.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+    k_bksh = k.transpose(0, 2, 1, 3)
+    v_bksh = v.transpose(0, 2, 1, 3)
+    q_bkgth = jnp.pad(q_bkgth, ((0, 0), (0, 0), (0, 0), (0, t_pad), (0, 0)))
+    k_bksh = jnp.pad(k_bksh, ((0, 0), (0, 0), (0, s_pad), (0, 0)))
+    v_bksh = jnp.pad(v_bksh, ((0, 0), (0, 0), (0, s_pad), (0, 0)))
+    # Padded rows and columns get segment id 0, which is never visible.
+    q_seg = jnp.pad(q_seg, ((0, 0), (0, t_pad)))
+    kv_seg = jnp.pad(kv_seg, ((0, 0), (0, s_pad)))
+    q_pos = jnp.pad(q_pos, ((0, 0), (0, t_pad)))
+    kv_pos = jnp.pad(kv_pos, ((0, 0), (0, s_pad)))
+
+    out_bkgth = _flash(q_bkgth, k_bksh, v_bksh, q_seg, kv_seg, q_pos, kv_pos, causal, qc, kc)
+    return out_bkgth[:, :, :, :T].transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+
+
+def _split(x: jax.Array, axis: int, size: int) -> jax.Array:
+    """Splits ``axis`` into blocks of ``size`` and moves the block index to the front."""
+    x = x.reshape(x.shape[:axis] + (x.shape[axis] // size, size) + x.shape[axis + 1 :])
+    return jnp.moveaxis(x, axis, 0)
+
+
+def _merge(x: jax.Array, axis: int) -> jax.Array:
+    """Inverse of ``_split``."""
+    x = jnp.moveaxis(x, 0, axis)
+    return x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2 :])
+
+
+def _flash_forward(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_seg: jax.Array,
+    kv_seg: jax.Array,
+    q_pos: jax.Array,
+    kv_pos: jax.Array,
+    causal: bool,
+    qc: int,
+    kc: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Returns out ``[B, K, G, T, H]`` and float32 logsumexp ``[B, K, G, T]``."""
+    B, K, G, _, H = q.shape
+    scale = 1.0 / math.sqrt(H)
+    q_blocks = (_split(q, 3, qc), _split(q_seg, 1, qc), _split(q_pos, 1, qc))
+    kv_blocks = (_split(k, 2, kc), _split(v, 2, kc), _split(kv_seg, 1, kc), _split(kv_pos, 1, kc))
+
+    def query_block(
+        args: tuple[jax.Array, jax.Array, jax.Array],
+    ) -> tuple[jax.Array, jax.Array]:
+        q_c, q_seg_c, q_pos_c = args
+
+        def key_block(
+            carry: tuple[jax.Array, jax.Array, jax.Array],
+            kv_args: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+        ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], None]:
+            m_bkgq, l_bkgq, acc_bkgqh = carry
+            k_c, v_c, kv_seg_c, kv_pos_c = kv_args
+            mask_b11qs = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal)[:, None, None]
+            s_bkgqs = jnp.einsum("bkgqh,bksh->bkgqs", q_c, k_c, preferred_element_type=jnp.float32)
+            s_bkgqs = jnp.where(mask_b11qs, s_bkgqs * scale, _MASK_VALUE)
+            m_new = jnp.maximum(m_bkgq, s_bkgqs.max(axis=-1))
+            p_bkgqs = jnp.where(mask_b11qs, jnp.exp(s_bkgqs - m_new[..., None]), 0.0)
+            alpha = jnp.exp(m_bkgq - m_new)
+            l_bkgq = alpha * l_bkgq + p_bkgqs.sum(axis=-1)
+            pv_bkgqh = jnp.einsum(
+                "bkgqs,bksh->bkgqh", p_bkgqs.astype(v_c.dtype), v_c, preferred_element_type=jnp.float32
+            )
+            acc_bkgqh = alpha[..., None] * acc_bkgqh + pv_bkgqh
+            return (m_new, l_bkgq, acc_bkgqh), None
+
+        init = (
+            jnp.full((B, K, G, qc), _MASK_VALUE, jnp.float32),
+            jnp.zeros((B, K, G, qc), jnp.float32),
+            jnp.zeros((B, K, G, qc, H), jnp.float32),
+        )
+        (m_bkgq, l_bkgq, acc_bkgqh), _ = jax.lax.scan(key_block, init, kv_blocks)
+        seen = l_bkgq > 0.0
+        l_safe = jnp.where(seen, l_bkgq, 1.0)
+        out_bkgqh = (acc_bkgqh / l_safe[..., None]).astype(q.dtype)
+        lse_bkgq = jnp.where(seen, m_bkgq + jnp.log(l_safe), 0.0)
+        return out_bkgqh, lse_bkgq
+
+    out_blocks, lse_blocks = jax.lax.map(query_block, q_blocks)
+    return _merge(out_blocks, 3), _merge(lse_blocks, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _flash(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_seg: jax.Array,
+    kv_seg: jax.Array,
+    q_pos: jax.Array,
+    kv_pos: jax.Array,
+    causal: bool,
+    qc: int,
+    kc: int,
+) -> jax.Array:
+    """Blocked attention on q ``[B, K, G, T, H]``, k/v ``[B, K, S, H]`` (T % qc == S % kc == 0)."""
+    return _flash_forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, qc, kc)[0]
+
+
+def _flash_fwd(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_seg: jax.Array,
+    kv_seg: jax.Array,
+    q_pos: jax.Array,
+    kv_pos: jax.Array,
+    causal: bool,
+    qc: int,
+    kc: int,
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    out, lse = _flash_forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, qc, kc)
+    return out, (q, k, v, q_seg, kv_seg, q_pos, kv_pos, out, lse)
+
+
+def _flash_bwd(
+    causal: bool, qc: int, kc: int, res: tuple[jax.Array, ...], d_out: jax.Array
+) -> tuple[jax.Array | None, ...]:
+    """Recomputes probabilities block by block from the saved logsumexp."""
+    q, k, v, q_seg, kv_seg, q_pos, kv_pos, out, lse = res
+    H = q.shape[-1]
+    scale = 1.0 / math.sqrt(H)
+    # delta_t = sum_h dO_th O_th = sum_s P_ts dP_ts, shared by every key block.
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+    q_blocks = (
+        _split(q, 3, qc),
+        _split(d_out, 3, qc),
+        _split(lse, 3, qc),
+        _split(delta, 3, qc),
+        _split(q_seg, 1, qc),
+        _split(q_pos, 1, qc),
+    )
+    kv_blocks = (_split(k, 2, kc), _split(v, 2, kc), _split(kv_seg, 1, kc), _split(kv_pos, 1, kc))
+
+    def key_block(
+        dq_blocks: jax.Array, kv_args: tuple[jax.Array, ...]
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        k_c, v_c, kv_seg_c, kv_pos_c = kv_args
+
+        def query_block(
+            carry: tuple[jax.Array, jax.Array], q_args: tuple[jax.Array, ...]
+        ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+            dk_bksh, dv_bksh = carry
+            q_c, do_c, lse_c, delta_c, q_seg_c, q_pos_c, dq_c = q_args
+            mask_b11qs = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal)[:, None, None]
+            s_bkgqs = jnp.einsum("bkgqh,bksh->bkgqs", q_c, k_c, preferred_element_type=jnp.float32)
+            p_bkgqs = jnp.where(mask_b11qs, jnp.exp(s_bkgqs * scale - lse_c[..., None]), 0.0)
+            dv_bksh = dv_bksh + jnp.einsum(
+                "bkgqs,bkgqh->bksh", p_bkgqs.astype(do_c.dtype), do_c, preferred_element_type=jnp.float32
+            )
+            dp_bkgqs = jnp.einsum("bkgqh,bksh->bkgqs", do_c, v_c, preferred_element_type=jnp.float32)
+            ds_bkgqs = p_bkgqs * (dp_bkgqs - delta_c[..., None]) * scale
+            dq_c = dq_c + jnp.einsum(
+                "bkgqs,bksh->bkgqh", ds_bkgqs.astype(k_c.dtype), k_c, preferred_element_type=jnp.float32
+            )
+            dk_bksh = dk_bksh + jnp.einsum(
+                "bkgqs,bkgqh->bksh", ds_bkgqs.astype(q_c.dtype), q_c, preferred_element_type=jnp.float32
+            )
+            return (dk_bksh, dv_bksh), dq_c
+
+        zeros_bksh = jnp.zeros(k_c.shape, jnp.float32)
+        (dk_bksh, dv_bksh), dq_blocks = jax.lax.scan(
+            query_block, (zeros_bksh, zeros_bksh), (*q_blocks, dq_blocks)
+        )
+        return dq_blocks, (dk_bksh, dv_bksh)
+
+    dq_init = jnp.zeros(q_blocks[0].shape, jnp.float32)
+    dq_blocks, (dk_blocks, dv_blocks) = jax.lax.scan(key_block, dq_init, kv_blocks)
+    dq = _merge(dq_blocks, 3).astype(q.dtype)
+    dk = _merge(dk_blocks, 2).astype(k.dtype)
+    dv = _merge(dv_blocks, 2).astype(v.dtype)
+    return dq, dk, dv, None, None, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# --------------------------------------------------------------------------- cudnn
+
+
+def _cudnn_unsupported_reason(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, strict: bool = False
+) -> str | None:
+    """Why cuDNN fused attention cannot run these inputs, or None if it can.
+
+    ``strict`` also requires even sequence lengths, which cuDNN needs for the
+    backward pass when a mask (passed as bias) is present.
+    """
+    if jax.default_backend() != "gpu":
+        return f"it needs a CUDA GPU backend, the default backend is {jax.default_backend()!r}"
+    device = jax.devices()[0]
+    if "cuda" not in getattr(device.client, "platform_version", "").lower():
+        return "it needs an NVIDIA (CUDA) GPU"
+    allowed = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if q.dtype not in allowed or not q.dtype == k.dtype == v.dtype:
+        return f"q, k, v must all be bfloat16 or float16, got {q.dtype}, {k.dtype}, {v.dtype}"
+    H = q.shape[-1]
+    major = int(str(getattr(device, "compute_capability", "0")).split(".")[0])
+    max_h = 256 if major >= 9 else 128
+    if H % 8 or H > max_h:
+        return f"head dim must be a multiple of 8 and <= {max_h}, got {H}"
+    if strict and (q.shape[1] % 2 or k.shape[1] % 2):
+        return f"sequence lengths must be even, got T={q.shape[1]}, S={k.shape[1]}"
+    return None
+
+
+def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """cuDNN fused attention with an explicit ``[B, 1, T, S]`` mask."""
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+    # cuDNN spreads fully masked rows uniformly; the contract is zeros.
+    row_seen_bt11 = jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]
+    return jnp.where(row_seen_bt11, out, 0).astype(q.dtype)
+
+
+# -------------------------------------------------------------------------- splash
+
+
+def _splash_unsupported_reason(q: jax.Array, k: jax.Array, *, positions_matter: bool) -> str | None:
+    """Why TPU splash attention cannot run these inputs, or None if it can."""
+    if jax.default_backend() != "tpu":
+        return f"it needs a TPU backend, the default backend is {jax.default_backend()!r}"
+    return _splash_shape_problem(q, k, positions_matter=positions_matter)
+
+
+def _splash_shape_problem(q: jax.Array, k: jax.Array, *, positions_matter: bool) -> str | None:
+    """Backend-independent splash constraints."""
+    if positions_matter:
+        return "only default positions (arange) are supported with causal masking"
+    T, S = q.shape[1], k.shape[1]
+    if T % _SPLASH_LANES or S % _SPLASH_LANES:
+        return f"sequence lengths must be multiples of {_SPLASH_LANES}, got T={T}, S={S}"
+    return None
+
+
+def _splash_block(length: int, preferred: int) -> int:
+    """Largest block in ``{preferred, 512, 256, 128}`` that tiles ``length``."""
+    for block in (preferred, 512, 256, _SPLASH_LANES):
+        if block % _SPLASH_LANES == 0 and block <= length and length % block == 0:
+            return block
+    raise ValueError(f"no splash block size tiles length {length}")
+
+
+def _rows_with_visible_key(q_seg: jax.Array, kv_seg: jax.Array, causal: bool) -> jax.Array:
+    """``[B, T]``: does query t see any key, assuming default positions.
+
+    Uses a stable sort of the key ids so that memory stays ``O(T + S)``: the
+    first occurrence of a query's id among the keys decides causal visibility.
+    """
+    S, T = kv_seg.shape[1], q_seg.shape[1]
+    order_bs = jnp.argsort(kv_seg, axis=-1, stable=True)
+    sorted_bs = jnp.take_along_axis(kv_seg, order_bs, axis=-1)
+    first_bt = jax.vmap(functools.partial(jnp.searchsorted, side="left"))(sorted_bs, q_seg)
+    first_bt = jnp.minimum(first_bt, S - 1)
+    found_bt = (jnp.take_along_axis(sorted_bs, first_bt, axis=-1) == q_seg) & (q_seg != 0)
+    if causal:
+        first_index_bt = jnp.take_along_axis(order_bs, first_bt, axis=-1)
+        found_bt = found_bt & (first_index_bt <= jnp.arange(T)[None, :])
+    return found_bt
+
+
+def _splash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_seg: jax.Array,
+    kv_seg: jax.Array,
+    causal: bool,
+    query_chunk_size: int,
+    key_chunk_size: int,
+    *,
+    interpret: bool = False,
+) -> jax.Array:
+    """TPU Pallas splash attention with segment ids and an optional causal mask."""
+    try:
+        from jax.experimental.pallas.ops.tpu import splash_attention as splash
+    except ImportError as err:  # pragma: no cover - depends on the jax build
+        raise ValueError(f"implementation='splash' is unavailable: {err}") from err
+    B, T, N, H = q.shape
+    S = k.shape[1]
+    bq, bkv = _splash_block(T, query_chunk_size), _splash_block(S, key_chunk_size)
+    head_mask = splash.CausalMask((T, S)) if causal else splash.FullMask((T, S))
+    kernel = splash.make_splash_mha_single_device(
+        splash.MultiHeadMask([head_mask] * N),
+        block_sizes=splash.BlockSizes(
+            block_q=bq,
+            block_kv=bkv,
+            block_kv_compute=bkv,
+            block_q_dkv=bq,
+            block_kv_dkv=bkv,
+            block_kv_dkv_compute=bkv,
+            block_q_dq=bq,
+            block_kv_dq=bkv,
+        ),
+        interpret=interpret,
+    )
+    # Splash treats id 0 like any other id and divides by zero on rows that
+    # see nothing. Point such rows at key 0 (always visible under the default
+    # positions), then zero their output so they carry no gradient either.
+    seen_bt = _rows_with_visible_key(q_seg, kv_seg, causal)
+    q_seg = jnp.where(seen_bt, q_seg, kv_seg[:, :1])
+    q_bnth = (q * jnp.asarray(1.0 / math.sqrt(H), q.dtype)).transpose(0, 2, 1, 3)
+    k_bksh = k.transpose(0, 2, 1, 3)
+    v_bksh = v.transpose(0, 2, 1, 3)
+    segment_ids = splash.SegmentIds(q=q_seg, kv=kv_seg)
+    out_bnth = jax.vmap(kernel)(q_bnth, k_bksh, v_bksh, segment_ids)
+    out_btnh = out_bnth.transpose(0, 2, 1, 3)
+    return jnp.where(seen_bt[:, :, None, None], out_btnh, 0).astype(q.dtype)

@@ -1,0 +1,112 @@
+"""User-facing pipelines. Outputs follow the Hugging Face pipeline shapes.
+
+    translator = TranslationPipeline.from_workdir("runs/tiny")
+    translator(["The cat sleeps on the couch."])
+    # [{'translation_text': 'El gato duerme en el sofá.'}]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from transformer_jax.decode.seq2seq import translate_ids
+from transformer_jax.nn.config import TransformerConfig
+
+
+class InputError(ValueError):
+    """Input a user can fix (one line)."""
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+@dataclasses.dataclass
+class TranslationPipeline:
+    """Text in, text out: tokenize, batch by length, jitted beam search, detokenize.
+
+    Inputs longer than `max_source_len` tokens are truncated to that many (the
+    end-of-sentence token is kept); empty or blank lines translate to "".
+    """
+
+    params: object
+    model_config: TransformerConfig
+    src_tokenizer: object
+    tgt_tokenizer: object
+    beam_size: int = 4
+    alpha: float = 0.6
+    extra_length: int = 50
+    max_decode_len: int = 256
+    max_source_len: int = 256
+    batch_size: int = 64
+
+    @classmethod
+    def from_workdir(cls, workdir: str, *, step: int | None = None, averaged: bool = False,
+                     **overrides) -> TranslationPipeline:
+        from transformer_jax.train.restore import load_for_inference
+
+        loaded = load_for_inference(workdir, step=step, averaged=averaged)
+        dec = loaded.decode_settings
+        kwargs = dict(
+            params=loaded.params,
+            model_config=loaded.model_config,
+            src_tokenizer=loaded.src_tokenizer,
+            tgt_tokenizer=loaded.tgt_tokenizer,
+            beam_size=dec["beam_size"],
+            alpha=dec["alpha"],
+            extra_length=dec["extra_length"],
+            max_decode_len=dec["max_decode_len"],
+            max_source_len=dec["max_source_len"],
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def encode_source(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise InputError(f"expected text (str), got {type(text).__name__}")
+        ids = self.src_tokenizer.encode(text)
+        eos = self.model_config.eos_id
+        if ids and ids[-1] == eos:
+            ids = ids[:-1]
+        return ids[: self.max_source_len - 1] + [eos]
+
+    def translate(self, texts: Sequence[str]) -> list[str]:
+        texts = list(texts)
+        out = [""] * len(texts)
+        todo = [i for i, t in enumerate(texts) if (t if isinstance(t, str) else "x").strip()]
+        encoded = {i: self.encode_source(texts[i]) for i in todo}
+        todo.sort(key=lambda i: len(encoded[i]))
+        cfg = self.model_config
+        for start in range(0, len(todo), self.batch_size):
+            rows = todo[start : start + self.batch_size]
+            S = _round_up(max(len(encoded[i]) for i in rows), 16)
+            B = _round_up(len(rows), 8) if len(rows) > 8 else len(rows)
+            src_BS = np.full((B, S), cfg.pad_id, np.int32)
+            lengths_B = np.ones((B,), np.int32)
+            for r, i in enumerate(rows):
+                src_BS[r, : len(encoded[i])] = encoded[i]
+                lengths_B[r] = len(encoded[i])
+            src_BS[len(rows) :, 0] = cfg.eos_id
+            max_len_B = np.minimum(lengths_B + self.extra_length, self.max_decode_len)
+            ids_BL = np.asarray(
+                translate_ids(
+                    self.params, src_BS, max_len_B, config=cfg, beam_size=self.beam_size,
+                    alpha=self.alpha, max_decode_len=self.max_decode_len,
+                )
+            )
+            for r, i in enumerate(rows):
+                out[i] = self.tgt_tokenizer.decode(_until_eos(ids_BL[r], cfg.eos_id))
+        return out
+
+    def __call__(self, texts: str | Iterable[str]) -> list[dict[str, str]]:
+        if isinstance(texts, str):
+            texts = [texts]
+        return [{"translation_text": t} for t in self.translate(list(texts))]
+
+
+def _until_eos(ids, eos_id: int) -> list[int]:
+    ids = [int(t) for t in ids]
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids

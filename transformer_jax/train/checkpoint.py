@@ -1,0 +1,107 @@
+"""Orbax checkpoints: train state, data-iterator position, configs and tokenizer in one step.
+
+Each step directory is written to a temporary name and renamed when complete
+(Orbax's atomic commit), so a run killed mid-save never leaves a step that
+restore would pick up.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "data", "config", "model", "tokenizer")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def checkpoint_dir(workdir: str, averaged: bool = False) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints_averaged" if averaged else "checkpoints")
+
+
+class Checkpointer:
+    """A thin wrapper over `ocp.CheckpointManager` with this project's items."""
+
+    def __init__(self, directory: str, keep: int = 5, async_save: bool = True, read_only=False):
+        self.directory = directory
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=not read_only,
+            enable_async_checkpointing=async_save,
+            read_only=read_only,
+        )
+        self.manager = ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, *, state, data: dict, config: dict, model: dict, tokenizer: dict,
+             force: bool = False) -> bool:
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data),
+                config=ocp.args.JsonSave(config),
+                model=ocp.args.JsonSave(model),
+                tokenizer=ocp.args.JsonSave(tokenizer),
+            ),
+            force=force,
+        )
+
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        """The JSON items of a step: data, config, model, tokenizer."""
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                data=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+                model=ocp.args.JsonRestore(),
+                tokenizer=ocp.args.JsonRestore(),
+            ),
+        )
+        return {k: out[k] for k in ("data", "config", "model", "tokenizer")}
+
+    def state_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        """Flattened "path -> shape" of the saved state, read from metadata only."""
+        meta = self.manager.item_metadata(step)["state"]
+        flat = jax.tree_util.tree_flatten_with_path(meta)[0]
+        return {jax.tree_util.keystr(p): tuple(getattr(v, "shape", ())) for p, v in flat}
+
+    def restore_state(self, step: int, abstract_state):
+        """Restores onto the shardings carried by `abstract_state` (any mesh)."""
+        saved = self.state_shapes(step)
+        wanted = {
+            jax.tree_util.keystr(p): tuple(v.shape)
+            for p, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+        }
+        for path, shape in wanted.items():
+            if path not in saved:
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} has no {path}: "
+                    "it was written by a different model"
+                )
+            if saved[path] != shape:
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} holds {path} with shape "
+                    f"{saved[path]}, the configured model needs {shape}: different model size"
+                )
+        out = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+        return out["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

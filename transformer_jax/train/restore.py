@@ -1,0 +1,67 @@
+"""Loading a workdir's checkpoint for inference (translate, eval, pipelines)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from transformer_jax.data.tokenizer_io import tokenizers_from_json
+from transformer_jax.nn.config import TransformerConfig, config_from_json
+from transformer_jax.train.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
+
+
+@dataclasses.dataclass
+class Loaded:
+    params: Any
+    model_config: TransformerConfig
+    src_tokenizer: Any
+    tgt_tokenizer: Any
+    run_config: ml_collections.ConfigDict
+    step: int
+
+    @property
+    def decode_settings(self) -> dict[str, Any]:
+        d = self.run_config.decode
+        return {
+            "beam_size": d.beam_size,
+            "alpha": d.alpha,
+            "extra_length": d.extra_length,
+            "max_decode_len": d.max_decode_len,
+            "max_source_len": self.run_config.data.max_length,
+        }
+
+
+def open_checkpoints(workdir: str, averaged: bool = False) -> Checkpointer:
+    if not os.path.isdir(workdir):
+        raise CheckpointError(f"workdir {workdir} does not exist")
+    directory = checkpoint_dir(workdir, averaged)
+    if not os.path.isdir(directory):
+        what = "averaged checkpoint (run `tjax average` first)" if averaged else "checkpoint"
+        raise CheckpointError(f"no {what} in {workdir}")
+    return Checkpointer(directory, read_only=True)
+
+
+def load_for_inference(workdir: str, *, step: int | None = None, averaged: bool = False) -> Loaded:
+    """Params (as saved, on the default device), configs and tokenizers of one step."""
+    ckpt = open_checkpoints(workdir, averaged)
+    steps = ckpt.all_steps()
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {ckpt.directory}: train or import first")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise CheckpointError(f"no checkpoint for step {step} in {ckpt.directory} (have {steps})")
+    meta = ckpt.restore_meta(step)
+    state = ckpt.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )["state"]
+    src, tgt = tokenizers_from_json(meta["tokenizer"])
+    cfg = ml_collections.ConfigDict(meta["config"])
+    params = jax.tree.map(jax.numpy.asarray, state["params"])
+    ckpt.close()
+    return Loaded(params, config_from_json(meta["model"]), src, tgt, cfg, step)

@@ -1,0 +1,390 @@
+"""The one trainer: init from shapes, a pure jitted train_step, eval, checkpoints.
+
+    state, metrics = train_step(state, batch)
+
+Every task (translation now; classification, generation, multimodal next)
+plugs in through `transformer_jax.train.tasks.Task`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from transformer_jax.data.tokenizer_io import tokenizers_from_json, tokenizers_to_json
+from transformer_jax.nn.config import config_to_json
+from transformer_jax.train import sharding as shd
+from transformer_jax.train.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
+from transformer_jax.train.metrics import MetricsWriter, Progress, log
+from transformer_jax.train.optim import make_optimizer, make_schedule
+from transformer_jax.train.tasks import Task, make_task
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def train_step(state: TrainState, batch, *, task: Task, model, tx, base_rng):
+    """One optimizer update. Pure: randomness is fold_in(base_rng, step)."""
+    rng = jax.random.fold_in(base_rng, state.step)
+    grad_fn = jax.value_and_grad(lambda p: task.loss(model, p, batch, rng), has_aux=True)
+    (_, metrics), grads = grad_fn(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch, *, task: Task, model):
+    _, metrics = task.loss(model, params, batch, jax.random.key(0))
+    return metrics
+
+
+def summarize(metric_list: list[dict[str, Any]]) -> dict[str, float]:
+    """Token-weighted averages from per-step sums."""
+    tot: dict[str, float] = {}
+    for m in jax.device_get(metric_list):
+        for k, v in m.items():
+            tot[k] = tot.get(k, 0.0) + float(v)
+    w = max(tot.get("weight_sum", 0.0), 1.0)
+    out = {
+        "loss": tot.get("loss_sum", 0.0) / w,
+        "nll": tot.get("nll_sum", 0.0) / w,
+        "accuracy": tot.get("correct_sum", 0.0) / w,
+    }
+    out["perplexity"] = math.exp(min(out["nll"], 50.0))
+    if "grad_norm" in tot:
+        out["grad_norm"] = tot["grad_norm"] / len(metric_list)
+    out["tokens"] = tot.get("weight_sum", 0.0) + tot.get("src_tokens", 0.0)
+    return out
+
+
+class Setup:
+    """Everything a training or evaluation run builds before its first step."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, *, for_training: bool,
+                 averaged: bool = False, step: int | None = None):
+        self.cfg = cfg
+        self.workdir = os.path.abspath(workdir)
+        self.task = make_task(cfg)
+        self.ckpt = Checkpointer(
+            checkpoint_dir(self.workdir, averaged),
+            keep=cfg.train.keep_checkpoints,
+            read_only=not for_training,
+        )
+        self.step = self.ckpt.latest_step() if step is None else step
+        if step is not None and step not in self.ckpt.all_steps():
+            raise CheckpointError(
+                f"no checkpoint for step {step} in {self.ckpt.directory} "
+                f"(have {self.ckpt.all_steps()})"
+            )
+        self.meta = self.ckpt.restore_meta(self.step) if self.step is not None else None
+        if self.meta is not None:
+            self.src_tok, self.tgt_tok = tokenizers_from_json(self.meta["tokenizer"])
+        elif for_training:
+            log("training the tokenizer on the training split ...")
+            self.src_tok, self.tgt_tok = self.task.make_tokenizers(self.workdir)
+        else:
+            raise CheckpointError(f"no checkpoint in {self.ckpt.directory}: train first")
+        self.model_config = self.task.model_config(self.src_tok, self.tgt_tok)
+        if self.meta is not None:
+            _check_same_model(self.meta["model"], config_to_json(self.model_config), self.ckpt)
+        self.mesh = shd.make_mesh(cfg.mesh)
+        self.rules = shd.rules_for(cfg.mesh.rules)
+        self.tx = make_optimizer(cfg.optimizer, self.model_config.d_model)
+        self.model = self.task.build_model(self.model_config)
+        self.train_model = self.task.build_model(self.model_config.replace(deterministic=False))
+
+    def context(self):
+        """Mesh + logical rules active while tracing, so activation constraints resolve."""
+        return _Ctx(self.mesh, self.rules)
+
+    def abstract_state(self):
+        """Shapes and NamedShardings of the train state, without allocating it."""
+        batch = self.task.dummy_batch(self.model_config)
+
+        def init(rng):
+            variables = self.task.init_variables(self.model, rng, batch)
+            params = variables["params"]
+            return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              opt_state=self.tx.init(params))
+
+        with self.context():
+            boxed = jax.eval_shape(init, jax.random.key(self.cfg.seed))
+            shardings = shd.logical_shardings(boxed, self.mesh, self.rules)
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            nn.unbox(boxed),
+            shardings,
+        )
+        return init, abstract, shardings
+
+    def initial_state(self) -> TrainState:
+        init, abstract, shardings = self.abstract_state()
+        if self.step is not None:
+            return self.ckpt.restore_state(self.step, abstract)
+        with self.context():
+            return jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(
+                jax.random.key(self.cfg.seed)
+            )
+
+    def save(self, state: TrainState, data_state: str, force: bool = False) -> None:
+        self.ckpt.save(
+            int(jax.device_get(state.step)),
+            state=state,
+            data={"iterator": data_state, "process_count": jax.process_count()},
+            config=self.cfg.to_dict(),
+            model=config_to_json(self.model_config),
+            tokenizer=tokenizers_to_json(self.src_tok, self.tgt_tok),
+            force=force,
+        )
+
+
+class _Ctx:
+    def __init__(self, mesh, rules):
+        self.mesh, self.rules = mesh, rules
+
+    def __enter__(self):
+        self._a = jax.set_mesh(self.mesh)
+        self._a.__enter__()
+        self._b = nn.logical_axis_rules(self.rules)
+        self._b.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._b.__exit__(*exc)
+        self._a.__exit__(*exc)
+
+
+def _check_same_model(saved: dict, current: dict, ckpt: Checkpointer) -> None:
+    shape_keys = ("vocab_size", "d_model", "num_heads", "num_kv_heads", "head_dim", "d_ff",
+                  "num_encoder_layers", "num_decoder_layers", "share_embeddings", "tie_output")
+    diff = [f"{k}: checkpoint {saved.get(k)} vs config {current.get(k)}"
+            for k in shape_keys if saved.get(k) != current.get(k)]
+    if diff:
+        raise CheckpointError(
+            f"the checkpoint in {ckpt.directory} is a different model ({'; '.join(diff)}); "
+            "use a fresh --workdir or the original config"
+        )
+
+
+def _pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """Pads a short (final) eval batch with all-padding rows (weight zero)."""
+    n = next(iter(batch.values())).shape[0]
+    if n == rows:
+        return batch
+    return {k: np.concatenate([v, np.zeros((rows - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+
+
+def evaluate_loss(setup: Setup, params, split: str, max_batches: int) -> dict[str, float]:
+    ds = setup.task.eval_dataset(setup.src_tok, setup.tgt_tok, split, jax.process_index(),
+                                 jax.process_count())
+    fn = jax.jit(functools.partial(eval_step, task=setup.task, model=setup.model))
+    rows = max(setup.cfg.data.eval_tokens_per_batch // setup.cfg.data.max_length, 1)
+    dp = shd.data_parallel_size(setup.mesh)
+    rows = -(-rows // dp) * dp
+    metrics = []
+    with setup.context():
+        for i, batch in enumerate(ds):
+            if max_batches and i >= max_batches:
+                break
+            metrics.append(fn(params, shd.global_batch(_pad_rows(batch, rows), setup.mesh)))
+    return summarize(metrics) if metrics else {}
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (resuming from the latest checkpoint in workdir) and returns final metrics."""
+    setup = Setup(cfg, workdir, for_training=True)
+    os.makedirs(setup.workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(setup.workdir, "config.json"), "w") as f:
+            json.dump(cfg.to_dict(), f, indent=2)
+    from transformer_jax.data.pipeline import iterator_state_to_json, restore_iterator_state
+
+    tc = cfg.train
+    state = setup.initial_state()
+    start = int(jax.device_get(state.step))
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log(f"model: {n_params:,} parameters; mesh {dict(setup.mesh.shape)}; "
+        f"{'resuming from step ' + str(start) if start else 'starting from scratch'}")
+
+    ds = setup.task.train_dataset(setup.src_tok, setup.tgt_tok, jax.process_index(),
+                                  jax.process_count())
+    it = iter(ds)
+    if setup.meta is not None:
+        restore_iterator_state(it, setup.meta["data"]["iterator"])
+
+    _, _, state_shardings = setup.abstract_state()
+    step_fn = jax.jit(
+        functools.partial(train_step, task=setup.task, model=setup.train_model, tx=setup.tx,
+                          base_rng=jax.random.key(cfg.seed)),
+        in_shardings=(state_shardings, shd.batch_sharding(setup.mesh)),
+        out_shardings=(state_shardings, shd.replicated(setup.mesh)),
+        donate_argnums=(0,),  # the old state's buffers are reused for the new one
+    )
+    schedule = make_schedule(cfg.optimizer, setup.model_config.d_model)
+    writer = MetricsWriter(setup.workdir)
+    progress = Progress(tc.num_steps, start, enabled=tc.progress)
+    pending: list[dict[str, Any]] = []
+    last: dict[str, Any] = {}
+    step = start
+    try:
+        with setup.context():
+            while step < tc.num_steps:
+                batch = shd.global_batch(next(it), setup.mesh)
+                # Dispatch is asynchronous: the host fetches the next batch while
+                # the device runs this step; metrics are read only at log time.
+                state, metrics = step_fn(state, batch)
+                pending.append(metrics)
+                step += 1
+                if step % tc.log_every == 0 or step == tc.num_steps:
+                    summary = summarize(pending)
+                    if not math.isfinite(summary["loss"]):
+                        raise TrainingError(
+                            f"non-finite loss {summary['loss']} between steps "
+                            f"{step - len(pending) + 1} and {step}; last checkpoint: "
+                            f"{setup.ckpt.latest_step()}"
+                        )
+                    tokens = summary.pop("tokens") / len(pending)
+                    summary["learning_rate"] = float(schedule(step - 1))
+                    writer.write(step, {f"train/{k}": v for k, v in summary.items()})
+                    progress.update(step, tokens, {"loss": summary["loss"]})
+                    pending = []
+                if step % tc.checkpoint_every == 0 or step == tc.num_steps:
+                    setup.save(state, iterator_state_to_json(it))
+                if step % tc.eval_every == 0 or step == tc.num_steps:
+                    last = run_eval(setup, state.params, cfg.data.eval_split, writer, step,
+                                    bleu_limit=cfg.decode.bleu_examples)
+                    progress.reset_clock(step)
+        progress.close()
+    finally:
+        setup.ckpt.close()
+        writer.close()
+    return last
+
+
+def run_eval(setup: Setup, params, split: str, writer: MetricsWriter | None, step: int,
+             bleu_limit: int, loss_batches: int | None = None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    loss_batches = setup.cfg.train.eval_batches if loss_batches is None else loss_batches
+    out: dict[str, Any] = {f"{split}/{k}": v for k, v in
+                           evaluate_loss(setup, params, split, loss_batches).items() if k != "tokens"}
+    with setup.context():
+        q = setup.task.quality(params, setup.model_config, setup.src_tok, setup.tgt_tok, split,
+                               bleu_limit)
+    out[f"{split}/{setup.task.metric_name}"] = q[setup.task.metric_name]
+    if writer is not None:
+        writer.write(step, out)
+    shown = " ".join(f"{k}={v:.4g}" for k, v in out.items())
+    log(f"\neval at step {step} ({time.perf_counter() - t0:.1f}s): {shown}")
+    for ex in q.get("examples", [])[:2]:
+        log(f"  {ex['source']!r} -> {ex['hypothesis']!r} (ref {ex['reference']!r})")
+    return dict(out, examples=q.get("examples", []))
+
+
+class InferenceSetup:
+    """What `evaluate_checkpoint` needs, built from a checkpoint alone (also imported ones)."""
+
+    def __init__(self, workdir: str, *, step: int | None, averaged: bool,
+                 overrides: list[str] | tuple[str, ...] = ()):
+        from transformer_jax.config import set_key, validate
+        from transformer_jax.train.restore import load_for_inference
+
+        loaded = load_for_inference(workdir, step=step, averaged=averaged)
+        cfg = loaded.run_config
+        cfg.lock()
+        for item in overrides:
+            key, _, value = item.partition("=")
+            set_key(cfg, key, value)
+        validate(cfg)
+        self.cfg = cfg
+        self.workdir = os.path.abspath(workdir)
+        self.step = loaded.step
+        self.params = loaded.params
+        self.task = make_task(cfg)
+        self.src_tok, self.tgt_tok = loaded.src_tokenizer, loaded.tgt_tokenizer
+        self.model_config = loaded.model_config
+        self.model = self.task.build_model(self.model_config)
+        self.mesh = shd.make_mesh(cfg.mesh)
+        self.rules = shd.rules_for(cfg.mesh.rules)
+
+    def context(self):
+        return _Ctx(self.mesh, self.rules)
+
+
+def evaluate_checkpoint(workdir: str, *, split: str | None = None, step: int | None = None,
+                        averaged: bool = False, overrides=(), limit: int = 0,
+                        loss_batches: int = 0) -> dict[str, Any]:
+    """Eval loss and the task metric (BLEU) of one checkpoint on a split; writes JSON."""
+    setup = InferenceSetup(workdir, step=step, averaged=averaged, overrides=overrides)
+    split = split or setup.cfg.data.test_split
+    out = run_eval(setup, setup.params, split, None, setup.step, bleu_limit=limit,
+                   loss_batches=loss_batches)
+    out = {"step": setup.step, "split": split, "averaged": averaged, **out}
+    name = f"eval_{split}_step{setup.step}{'_averaged' if averaged else ''}.json"
+    if jax.process_index() == 0:
+        path = os.path.join(setup.workdir, name)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=2, ensure_ascii=False)
+        os.replace(tmp, path)
+        out["path"] = path
+    return out
+
+
+def average_checkpoints(workdir: str, last: int) -> dict[str, Any]:
+    """Averages the parameters of the last N checkpoints (the paper: 5 base, 20 big).
+
+    Writes the result to `<workdir>/checkpoints_averaged/<latest step>`; training
+    checkpoints are left untouched.
+    """
+    import orbax.checkpoint as ocp
+
+    from transformer_jax.train.restore import open_checkpoints
+
+    if last < 1:
+        raise ValueError(f"--last must be >= 1, got {last}")
+    ckpt = open_checkpoints(workdir)
+    steps = ckpt.all_steps()
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {ckpt.directory}")
+    if len(steps) < last:
+        raise CheckpointError(
+            f"--last {last}: only {len(steps)} checkpoints in {ckpt.directory} ({steps})"
+        )
+    chosen = steps[-last:]
+    total = None
+    for s in chosen:
+        state = ckpt.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
+            "state"]
+        params = jax.tree.map(lambda x: np.asarray(x, np.float64), state["params"])
+        total = params if total is None else jax.tree.map(np.add, total, params)
+        newest = state
+    meta = ckpt.restore_meta(chosen[-1])
+    ckpt.close()
+    avg = jax.tree.map(lambda t, x: (t / len(chosen)).astype(np.asarray(x).dtype), total,
+                       newest["params"])
+    out = Checkpointer(checkpoint_dir(workdir, averaged=True), keep=3, async_save=False)
+    out.save(chosen[-1], state=dict(newest, params=avg), data=meta["data"], config=meta["config"],
+             model=meta["model"], tokenizer=meta["tokenizer"], force=True)
+    out.close()
+    return {"steps": chosen, "directory": out.directory}
