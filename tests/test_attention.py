@@ -297,7 +297,9 @@ def test_bfloat16_inputs(impl: str) -> None:
     out = attend(q, k, v, implementation=impl, **SMALL_CHUNKS, **case["kwargs"])
     assert out.dtype == jnp.bfloat16
     rounded = dict(case, q=q.astype(jnp.float32), k=k.astype(jnp.float32), v=v.astype(jnp.float32))
-    np.testing.assert_allclose(out.astype(jnp.float32), reference_for(rounded), atol=3e-2, rtol=2e-2)
+    np.testing.assert_allclose(
+        out.astype(jnp.float32), reference_for(rounded), atol=3e-2, rtol=2e-2
+    )
     grads = loss_grads(impl, 1.0, q, k, v, **SMALL_CHUNKS, **case["kwargs"])
     assert all(g.dtype == jnp.bfloat16 and np.all(np.isfinite(g)) for g in grads)
 
@@ -386,9 +388,7 @@ def _all_shapes(jaxpr: jex.Jaxpr) -> Iterator[tuple[int, ...]]:
 
 def _has_score_matrix(impl: str, L: int) -> bool:
     q = jax.ShapeDtypeStruct((1, L, 2, 8), jnp.float32)
-    loss = weighted_loss(
-        impl, 1.0, causal=True, query_chunk_size=128, key_chunk_size=128
-    )
+    loss = weighted_loss(impl, 1.0, causal=True, query_chunk_size=128, key_chunk_size=128)
     fwd_bwd = jax.value_and_grad(loss, argnums=(0, 1, 2))
     shapes = list(_all_shapes(jax.make_jaxpr(fwd_bwd)(q, q, q).jaxpr))
     in_jaxpr = any(sum(d == L for d in shape) >= 2 for shape in shapes)
@@ -467,7 +467,12 @@ def test_accelerator_implementations_refuse_cpu(impl: str) -> None:
         ((1, 4, 2, 8), (1, 4, 2, 8), (1, 5, 2, 8), r"key and value shapes differ"),
         ((1, 4, 2, 8), (2, 4, 2, 8), (2, 4, 2, 8), r"batch .* head size"),
         ((1, 4, 2, 8), (1, 4, 2, 4), (1, 4, 2, 4), r"batch .* head size"),
-        ((1, 4, 3, 8), (1, 4, 2, 8), (1, 4, 2, 8), r"key heads \(2\) must divide query heads \(3\)"),
+        (
+            (1, 4, 3, 8),
+            (1, 4, 2, 8),
+            (1, 4, 2, 8),
+            r"key heads \(2\) must divide query heads \(3\)",
+        ),
     ],
 )
 def test_shape_errors(q_shape, k_shape, v_shape, match: str) -> None:

@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args, extra)
     except USER_ERRORS as e:
+        if os.environ.get("TJAX_DEBUG"):
+            raise
         print(f"tjax {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -377,13 +377,13 @@ class Grammar:
         return Subject(en, es, 4 if plural else 2, noun.gender, noun, adjective)
 
     def prepositional_phrase(
-        self, rng: random.Random, allowed: Sequence[str] | None, exclude: Noun | None
+        self, rng: random.Random, allowed: Sequence[str] | None, exclude: Sequence[Noun | None]
     ) -> tuple[list[str], list[str], Noun, Adjective | None]:
         names = allowed or tuple(self.prepositions)
         prep = self.prepositions[names[int(rng.random() * len(names))]]
         nouns = self.pp_nouns[prep.en]
         noun = nouns[int(rng.random() * len(nouns))]
-        if noun is exclude:
+        while noun in exclude:  # no "The table is on the table."
             noun = nouns[(nouns.index(noun) + 1) % len(nouns)]
         en, es, _, adjective = self.noun_phrase(rng, noun)
         return [*prep.en.split(), *en], _attach(prep.es, es), noun, adjective
@@ -439,18 +439,20 @@ class Grammar:
         combos = self._subject_combos(subject)
         if subject.noun is not None:
             combos.append(("subject_verb", subject.noun.en, verb.en))
+        used: list[Noun | None] = [subject.noun]
         if transitive:
             candidates = self.objects_for[verb.en]
             noun = candidates[int(rng.random() * len(candidates))]
             if noun is subject.noun:
                 return None
+            used.append(noun)
             obj_en, obj_es, _, adjective = self.noun_phrase(rng, noun)
             en += obj_en
             es += _attach("a", obj_es) if verb.personal_a and noun.kind != THING else obj_es
             if adjective:
                 combos.append(("noun_adj", noun.en, adjective.en))
         if verb.preps or rng.random() < (0.3 if transitive else 0.6):
-            pp_en, pp_es, noun, adjective = self.prepositional_phrase(rng, verb.preps, subject.noun)
+            pp_en, pp_es, noun, adjective = self.prepositional_phrase(rng, verb.preps, used)
             en += pp_en
             es += pp_es
             if adjective:
@@ -485,7 +487,7 @@ class Grammar:
         subject = self.subject(rng, NOUNS, 0.3, range(len(PRONOUNS)))
         p = subject.person
         be = (_BE_PAST if past else _BE_PRESENT)[p]
-        pp_en, pp_es, noun, adjective = self.prepositional_phrase(rng, _PLACES, subject.noun)
+        pp_en, pp_es, noun, adjective = self.prepositional_phrase(rng, _PLACES, [subject.noun])
         if question:
             en = [be, *subject.en, *pp_en]
         else:

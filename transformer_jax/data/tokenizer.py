@@ -134,10 +134,16 @@ def train_sentencepiece(
     if vocab_size < 5:
         raise ValueError(f"vocab_size must be at least 5 (4 special ids + 1), got {vocab_size}.")
 
+    errors: list[ValueError] = []
+
     def sentences() -> Iterable[str]:
         count = 0
         for text in texts:
-            text = _check_text(text)
+            try:
+                text = _check_text(text)
+            except ValueError as e:
+                errors.append(e)
+                raise
             if text:
                 yield text
                 count += 1
@@ -146,22 +152,29 @@ def train_sentencepiece(
 
     writer = io.BytesIO()
     spm.set_random_generator_seed(seed)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences()),
-        model_writer=writer,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        character_coverage=character_coverage,
-        normalization_rule_name=normalization_rule_name,
-        hard_vocab_limit=False,
-        pad_id=PAD_ID,
-        eos_id=EOS_ID,
-        bos_id=BOS_ID,
-        unk_id=UNK_ID,
-        num_threads=1,
-        shuffle_input_sentence=False,
-        max_sentence_length=max_sentence_length,
-        byte_fallback=byte_fallback,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences()),
+            model_writer=writer,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            normalization_rule_name=normalization_rule_name,
+            hard_vocab_limit=False,
+            pad_id=PAD_ID,
+            eos_id=EOS_ID,
+            bos_id=BOS_ID,
+            unk_id=UNK_ID,
+            num_threads=1,
+            shuffle_input_sentence=False,
+            max_sentence_length=max_sentence_length,
+            byte_fallback=byte_fallback,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        if errors:  # An invalid text surfaced through SentencePiece's iterator.
+            raise errors[0] from None
+        raise ValueError(
+            f"SentencePiece training failed: {str(e).strip().splitlines()[0]}"
+        ) from None
     return SentencePieceTokenizer(writer.getvalue())

@@ -95,7 +95,7 @@ class EncoderDecoder(nn.Module):
         else:
             logits_BTV = self.logits_dense(y_BTD)
         if cfg.final_logits_bias:
-            logits_BTV = logits_BTV + jnp.asarray(self.logits_bias, cfg.dtype)
+            logits_BTV = logits_BTV + jnp.asarray(self.logits_bias, cfg.dtype)[None, None, :]
         return logits_BTV.astype(jnp.float32)
 
     def decode(

@@ -10,19 +10,50 @@ from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.ops.attention import dot_product_attention
 
 
-def _proj(features: tuple[int, ...], axes, config: TransformerConfig, name: str, axis=-1):
-    return nn.DenseGeneral(
-        features=features,
-        axis=axis,
-        use_bias=config.attention_bias,
-        dtype=config.dtype,
-        param_dtype=config.param_dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), axes),
-        bias_init=nn.with_logical_partitioning(
-            nn.initializers.zeros, axes[-len(features) :] if len(features) > 1 else axes[-1:]
-        ),
-        name=name,
-    )
+class Projection(nn.Module):
+    """x [..., *in] -> [..., *out] with a kernel [*in, *out] named by logical axes."""
+
+    in_features: tuple[int, ...]
+    out_features: tuple[int, ...]
+    axes: tuple[str, ...]
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        n_in, n_out = len(self.in_features), len(self.out_features)
+        init = nn.initializers.variance_scaling(
+            1.0, "fan_avg", "uniform",
+            in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)),
+        )
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(init, self.axes),
+            self.in_features + self.out_features,
+            cfg.param_dtype,
+        )
+        in_dims = tuple(range(x.ndim - n_in, x.ndim))
+        y = jax.lax.dot_general(
+            x.astype(cfg.dtype),
+            jnp.asarray(kernel, cfg.dtype),
+            ((in_dims, tuple(range(n_in))), ((), ())),
+        )
+        if cfg.attention_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, self.axes[n_in:]),
+                self.out_features,
+                cfg.param_dtype,
+            )
+            # Explicit leading axes: the bias broadcasts over batch and length.
+            lead = (1,) * (y.ndim - n_out)
+            y = y + jnp.asarray(bias, cfg.dtype).reshape(lead + self.out_features)
+        return y
+
+
+def _proj(features: tuple[int, ...], axes, config: TransformerConfig, name: str, in_features=None):
+    in_features = (config.d_model,) if in_features is None else in_features
+    return Projection(in_features, features, axes, config, name=name)
 
 
 class MultiHeadAttention(nn.Module):
@@ -41,7 +72,10 @@ class MultiHeadAttention(nn.Module):
 
     def _out(self, o_BTNH: jax.Array) -> jax.Array:
         cfg = self.config
-        return _proj((cfg.d_model,), ("heads", "kv", "embed"), cfg, "out", axis=(-2, -1))(o_BTNH)
+        N, H = cfg.num_heads, cfg.dim_per_head
+        return _proj((cfg.d_model,), ("heads", "kv", "embed"), cfg, "out", in_features=(N, H))(
+            o_BTNH
+        )
 
     @nn.compact
     def __call__(

@@ -40,12 +40,12 @@ def _visible(
     causal: bool,
 ) -> jax.Array:
     """Boolean visibility ``[B, T, S]`` from ids ``[B, T]`` / ``[B, S]``."""
-    q_seg_bt1 = q_seg[:, :, None]
-    visible_bts = (q_seg_bt1 == kv_seg[:, None, :]) & (q_seg_bt1 != 0)
+    q_seg_BT1 = q_seg[:, :, None]
+    visible_BTS = (q_seg_BT1 == kv_seg[:, None, :]) & (q_seg_BT1 != 0)
     if causal:
         assert q_pos is not None and kv_pos is not None
-        visible_bts = visible_bts & (kv_pos[:, None, :] <= q_pos[:, :, None])
-    return visible_bts
+        visible_BTS = visible_BTS & (kv_pos[:, None, :] <= q_pos[:, :, None])
+    return visible_BTS
 
 
 def make_attention_mask(
@@ -217,9 +217,9 @@ def _xla_attention(
     B, T, N, H = q.shape
     S, K = k.shape[1], k.shape[2]
     G = N // K
-    q_btkgh = q.reshape(B, T, K, G, H)
-    s_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k, preferred_element_type=jnp.float32)
-    s_bkgts = s_bkgts * (1.0 / math.sqrt(H))
+    q_BTKGH = q.reshape(B, T, K, G, H)
+    s_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k, preferred_element_type=jnp.float32)
+    s_BKGTS = s_BKGTS * (1.0 / math.sqrt(H))
     if bias is not None:
         bias = jnp.asarray(bias)
         try:
@@ -230,15 +230,15 @@ def _xla_attention(
             raise ValueError(
                 f"bias shape {bias.shape} is not broadcastable to [B, N, T, S] = {(B, N, T, S)}"
             ) from None
-        bias_bnts = jnp.broadcast_to(bias.astype(jnp.float32), (B, N, T, S))
-        s_bkgts = s_bkgts + bias_bnts.reshape(B, K, G, T, S)
-    mask_b11ts = mask[:, :, None]
-    s_bkgts = jnp.where(mask_b11ts, s_bkgts, _MASK_VALUE)
-    p_bkgts = jnp.where(mask_b11ts, jax.nn.softmax(s_bkgts, axis=-1), 0.0)
-    out_btkgh = jnp.einsum(
-        "bkgts,bskh->btkgh", p_bkgts.astype(v.dtype), v, preferred_element_type=jnp.float32
+        bias_BNTS = jnp.broadcast_to(bias.astype(jnp.float32), (B, N, T, S))
+        s_BKGTS = s_BKGTS + bias_BNTS.reshape(B, K, G, T, S)
+    mask_B11TS = mask[:, :, None]
+    s_BKGTS = jnp.where(mask_B11TS, s_BKGTS, _MASK_VALUE)
+    p_BKGTS = jnp.where(mask_B11TS, jax.nn.softmax(s_BKGTS, axis=-1), 0.0)
+    out_BTKGH = jnp.einsum(
+        "bkgts,bskh->btkgh", p_BKGTS.astype(v.dtype), v, preferred_element_type=jnp.float32
     )
-    return out_btkgh.reshape(B, T, N, H).astype(q.dtype)
+    return out_BTKGH.reshape(B, T, N, H).astype(q.dtype)
 
 
 # ------------------------------------------------------------------------- chunked
@@ -263,20 +263,20 @@ def _chunked_attention(
     qc, kc = min(query_chunk_size, T), min(key_chunk_size, S)
     t_pad, s_pad = -T % qc, -S % kc
 
-    q_bkgth = q.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
-    k_bksh = k.transpose(0, 2, 1, 3)
-    v_bksh = v.transpose(0, 2, 1, 3)
-    q_bkgth = jnp.pad(q_bkgth, ((0, 0), (0, 0), (0, 0), (0, t_pad), (0, 0)))
-    k_bksh = jnp.pad(k_bksh, ((0, 0), (0, 0), (0, s_pad), (0, 0)))
-    v_bksh = jnp.pad(v_bksh, ((0, 0), (0, 0), (0, s_pad), (0, 0)))
+    q_BKGTH = q.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+    k_BKSH = k.transpose(0, 2, 1, 3)
+    v_BKSH = v.transpose(0, 2, 1, 3)
+    q_BKGTH = jnp.pad(q_BKGTH, ((0, 0), (0, 0), (0, 0), (0, t_pad), (0, 0)))
+    k_BKSH = jnp.pad(k_BKSH, ((0, 0), (0, 0), (0, s_pad), (0, 0)))
+    v_BKSH = jnp.pad(v_BKSH, ((0, 0), (0, 0), (0, s_pad), (0, 0)))
     # Padded rows and columns get segment id 0, which is never visible.
     q_seg = jnp.pad(q_seg, ((0, 0), (0, t_pad)))
     kv_seg = jnp.pad(kv_seg, ((0, 0), (0, s_pad)))
     q_pos = jnp.pad(q_pos, ((0, 0), (0, t_pad)))
     kv_pos = jnp.pad(kv_pos, ((0, 0), (0, s_pad)))
 
-    out_bkgth = _flash(q_bkgth, k_bksh, v_bksh, q_seg, kv_seg, q_pos, kv_pos, causal, qc, kc)
-    return out_bkgth[:, :, :, :T].transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+    out_BKGTH = _flash(q_BKGTH, k_BKSH, v_BKSH, q_seg, kv_seg, q_pos, kv_pos, causal, qc, kc)
+    return out_BKGTH[:, :, :, :T].transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
 def _split(x: jax.Array, axis: int, size: int) -> jax.Array:
@@ -318,32 +318,35 @@ def _flash_forward(
             carry: tuple[jax.Array, jax.Array, jax.Array],
             kv_args: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
         ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], None]:
-            m_bkgq, l_bkgq, acc_bkgqh = carry
+            m_BKGT, l_BKGT, acc_BKGTH = carry
             k_c, v_c, kv_seg_c, kv_pos_c = kv_args
-            mask_b11qs = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal)[:, None, None]
-            s_bkgqs = jnp.einsum("bkgqh,bksh->bkgqs", q_c, k_c, preferred_element_type=jnp.float32)
-            s_bkgqs = jnp.where(mask_b11qs, s_bkgqs * scale, _MASK_VALUE)
-            m_new = jnp.maximum(m_bkgq, s_bkgqs.max(axis=-1))
-            p_bkgqs = jnp.where(mask_b11qs, jnp.exp(s_bkgqs - m_new[..., None]), 0.0)
-            alpha = jnp.exp(m_bkgq - m_new)
-            l_bkgq = alpha * l_bkgq + p_bkgqs.sum(axis=-1)
-            pv_bkgqh = jnp.einsum(
-                "bkgqs,bksh->bkgqh", p_bkgqs.astype(v_c.dtype), v_c, preferred_element_type=jnp.float32
+            mask_B11TS = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal)[:, None, None]
+            s_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_c, k_c, preferred_element_type=jnp.float32)
+            s_BKGTS = jnp.where(mask_B11TS, s_BKGTS * scale, _MASK_VALUE)
+            m_new = jnp.maximum(m_BKGT, s_BKGTS.max(axis=-1))
+            p_BKGTS = jnp.where(mask_B11TS, jnp.exp(s_BKGTS - m_new[..., None]), 0.0)
+            alpha = jnp.exp(m_BKGT - m_new)
+            l_BKGT = alpha * l_BKGT + p_BKGTS.sum(axis=-1)
+            pv_BKGTH = jnp.einsum(
+                "bkgts,bksh->bkgth",
+                p_BKGTS.astype(v_c.dtype),
+                v_c,
+                preferred_element_type=jnp.float32,
             )
-            acc_bkgqh = alpha[..., None] * acc_bkgqh + pv_bkgqh
-            return (m_new, l_bkgq, acc_bkgqh), None
+            acc_BKGTH = alpha[..., None] * acc_BKGTH + pv_BKGTH
+            return (m_new, l_BKGT, acc_BKGTH), None
 
         init = (
             jnp.full((B, K, G, qc), _MASK_VALUE, jnp.float32),
             jnp.zeros((B, K, G, qc), jnp.float32),
             jnp.zeros((B, K, G, qc, H), jnp.float32),
         )
-        (m_bkgq, l_bkgq, acc_bkgqh), _ = jax.lax.scan(key_block, init, kv_blocks)
-        seen = l_bkgq > 0.0
-        l_safe = jnp.where(seen, l_bkgq, 1.0)
-        out_bkgqh = (acc_bkgqh / l_safe[..., None]).astype(q.dtype)
-        lse_bkgq = jnp.where(seen, m_bkgq + jnp.log(l_safe), 0.0)
-        return out_bkgqh, lse_bkgq
+        (m_BKGT, l_BKGT, acc_BKGTH), _ = jax.lax.scan(key_block, init, kv_blocks)
+        seen = l_BKGT > 0.0
+        l_safe = jnp.where(seen, l_BKGT, 1.0)
+        out_BKGTH = (acc_BKGTH / l_safe[..., None]).astype(q.dtype)
+        lse_BKGT = jnp.where(seen, m_BKGT + jnp.log(l_safe), 0.0)
+        return out_BKGTH, lse_BKGT
 
     out_blocks, lse_blocks = jax.lax.map(query_block, q_blocks)
     return _merge(out_blocks, 3), _merge(lse_blocks, 3)
@@ -409,29 +412,40 @@ def _flash_bwd(
         def query_block(
             carry: tuple[jax.Array, jax.Array], q_args: tuple[jax.Array, ...]
         ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
-            dk_bksh, dv_bksh = carry
+            dk_BKSH, dv_BKSH = carry
             q_c, do_c, lse_c, delta_c, q_seg_c, q_pos_c, dq_c = q_args
-            mask_b11qs = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal)[:, None, None]
-            s_bkgqs = jnp.einsum("bkgqh,bksh->bkgqs", q_c, k_c, preferred_element_type=jnp.float32)
-            p_bkgqs = jnp.where(mask_b11qs, jnp.exp(s_bkgqs * scale - lse_c[..., None]), 0.0)
-            dv_bksh = dv_bksh + jnp.einsum(
-                "bkgqs,bkgqh->bksh", p_bkgqs.astype(do_c.dtype), do_c, preferred_element_type=jnp.float32
+            mask_B11TS = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal)[:, None, None]
+            s_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_c, k_c, preferred_element_type=jnp.float32)
+            p_BKGTS = jnp.where(mask_B11TS, jnp.exp(s_BKGTS * scale - lse_c[..., None]), 0.0)
+            dv_BKSH = dv_BKSH + jnp.einsum(
+                "bkgts,bkgth->bksh",
+                p_BKGTS.astype(do_c.dtype),
+                do_c,
+                preferred_element_type=jnp.float32,
             )
-            dp_bkgqs = jnp.einsum("bkgqh,bksh->bkgqs", do_c, v_c, preferred_element_type=jnp.float32)
-            ds_bkgqs = p_bkgqs * (dp_bkgqs - delta_c[..., None]) * scale
+            dp_BKGTS = jnp.einsum(
+                "bkgth,bksh->bkgts", do_c, v_c, preferred_element_type=jnp.float32
+            )
+            ds_BKGTS = p_BKGTS * (dp_BKGTS - delta_c[..., None]) * scale
             dq_c = dq_c + jnp.einsum(
-                "bkgqs,bksh->bkgqh", ds_bkgqs.astype(k_c.dtype), k_c, preferred_element_type=jnp.float32
+                "bkgts,bksh->bkgth",
+                ds_BKGTS.astype(k_c.dtype),
+                k_c,
+                preferred_element_type=jnp.float32,
             )
-            dk_bksh = dk_bksh + jnp.einsum(
-                "bkgqs,bkgqh->bksh", ds_bkgqs.astype(q_c.dtype), q_c, preferred_element_type=jnp.float32
+            dk_BKSH = dk_BKSH + jnp.einsum(
+                "bkgts,bkgth->bksh",
+                ds_BKGTS.astype(q_c.dtype),
+                q_c,
+                preferred_element_type=jnp.float32,
             )
-            return (dk_bksh, dv_bksh), dq_c
+            return (dk_BKSH, dv_BKSH), dq_c
 
-        zeros_bksh = jnp.zeros(k_c.shape, jnp.float32)
-        (dk_bksh, dv_bksh), dq_blocks = jax.lax.scan(
-            query_block, (zeros_bksh, zeros_bksh), (*q_blocks, dq_blocks)
+        zeros_BKSH = jnp.zeros(k_c.shape, jnp.float32)
+        (dk_BKSH, dv_BKSH), dq_blocks = jax.lax.scan(
+            query_block, (zeros_BKSH, zeros_BKSH), (*q_blocks, dq_blocks)
         )
-        return dq_blocks, (dk_bksh, dv_bksh)
+        return dq_blocks, (dk_BKSH, dv_BKSH)
 
     dq_init = jnp.zeros(q_blocks[0].shape, jnp.float32)
     dq_blocks, (dk_blocks, dv_blocks) = jax.lax.scan(key_block, dq_init, kv_blocks)
@@ -477,8 +491,8 @@ def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     """cuDNN fused attention with an explicit ``[B, 1, T, S]`` mask."""
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
     # cuDNN spreads fully masked rows uniformly; the contract is zeros.
-    row_seen_bt11 = jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]
-    return jnp.where(row_seen_bt11, out, 0).astype(q.dtype)
+    row_seen_BT11 = jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]
+    return jnp.where(row_seen_BT11, out, 0).astype(q.dtype)
 
 
 # -------------------------------------------------------------------------- splash
@@ -516,15 +530,15 @@ def _rows_with_visible_key(q_seg: jax.Array, kv_seg: jax.Array, causal: bool) ->
     first occurrence of a query's id among the keys decides causal visibility.
     """
     S, T = kv_seg.shape[1], q_seg.shape[1]
-    order_bs = jnp.argsort(kv_seg, axis=-1, stable=True)
-    sorted_bs = jnp.take_along_axis(kv_seg, order_bs, axis=-1)
-    first_bt = jax.vmap(functools.partial(jnp.searchsorted, side="left"))(sorted_bs, q_seg)
-    first_bt = jnp.minimum(first_bt, S - 1)
-    found_bt = (jnp.take_along_axis(sorted_bs, first_bt, axis=-1) == q_seg) & (q_seg != 0)
+    order_BS = jnp.argsort(kv_seg, axis=-1, stable=True)
+    sorted_BS = jnp.take_along_axis(kv_seg, order_BS, axis=-1)
+    first_BT = jax.vmap(functools.partial(jnp.searchsorted, side="left"))(sorted_BS, q_seg)
+    first_BT = jnp.minimum(first_BT, S - 1)
+    found_BT = (jnp.take_along_axis(sorted_BS, first_BT, axis=-1) == q_seg) & (q_seg != 0)
     if causal:
-        first_index_bt = jnp.take_along_axis(order_bs, first_bt, axis=-1)
-        found_bt = found_bt & (first_index_bt <= jnp.arange(T)[None, :])
-    return found_bt
+        first_index_BT = jnp.take_along_axis(order_BS, first_BT, axis=-1)
+        found_BT = found_BT & (first_index_BT <= jnp.arange(T)[None, :])
+    return found_BT
 
 
 def _splash_attention(
@@ -565,12 +579,12 @@ def _splash_attention(
     # Splash treats id 0 like any other id and divides by zero on rows that
     # see nothing. Point such rows at key 0 (always visible under the default
     # positions), then zero their output so they carry no gradient either.
-    seen_bt = _rows_with_visible_key(q_seg, kv_seg, causal)
-    q_seg = jnp.where(seen_bt, q_seg, kv_seg[:, :1])
-    q_bnth = (q * jnp.asarray(1.0 / math.sqrt(H), q.dtype)).transpose(0, 2, 1, 3)
-    k_bksh = k.transpose(0, 2, 1, 3)
-    v_bksh = v.transpose(0, 2, 1, 3)
+    seen_BT = _rows_with_visible_key(q_seg, kv_seg, causal)
+    q_seg = jnp.where(seen_BT, q_seg, kv_seg[:, :1])
+    q_BNTH = (q * jnp.asarray(1.0 / math.sqrt(H), q.dtype)).transpose(0, 2, 1, 3)
+    k_BKSH = k.transpose(0, 2, 1, 3)
+    v_BKSH = v.transpose(0, 2, 1, 3)
     segment_ids = splash.SegmentIds(q=q_seg, kv=kv_seg)
-    out_bnth = jax.vmap(kernel)(q_bnth, k_bksh, v_bksh, segment_ids)
-    out_btnh = out_bnth.transpose(0, 2, 1, 3)
-    return jnp.where(seen_bt[:, :, None, None], out_btnh, 0).astype(q.dtype)
+    out_BNTH = jax.vmap(kernel)(q_BNTH, k_BKSH, v_BKSH, segment_ids)
+    out_BTNH = out_BNTH.transpose(0, 2, 1, 3)
+    return jnp.where(seen_BT[:, :, None, None], out_BTNH, 0).astype(q.dtype)

@@ -1,0 +1,210 @@
+"""Tests of the English->Spanish grammar corpus."""
+
+import re
+import time
+
+import pytest
+
+from transformer_jax.data import corpus_en_es as corpus
+
+WORD = re.compile(r"[^\W\d_]+")
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[str, list[tuple[str, str]]]:
+    return {s: corpus.generate_split(s) for s in corpus.SPLITS}
+
+
+@pytest.fixture(scope="module")
+def all_pairs(splits) -> dict[str, str]:
+    return {en: es for pairs in splits.values() for en, es in pairs}
+
+
+def _words(pairs, side: int) -> set[str]:
+    return {w for pair in pairs for w in WORD.findall(pair[side].lower())}
+
+
+def test_sizes_and_determinism(splits):
+    assert {s: len(p) for s, p in splits.items()} == corpus.SPLIT_SIZES
+    corpus._generate.cache_clear()
+    for s in corpus.SPLITS:
+        assert corpus.generate_split(s) == splits[s]
+    assert corpus.generate_split("train", num_examples=5) == splits["train"][:5]
+    assert corpus.generate_split("validation", seed=1) != splits["validation"]
+    with pytest.raises(ValueError, match="bogus"):
+        corpus.generate_split("bogus")
+
+
+def test_generation_is_fast():
+    start = time.perf_counter()
+    for s in corpus.SPLITS:
+        corpus.generate_split(s, seed=3)
+    assert time.perf_counter() - start < 5.0
+
+
+def test_no_duplicates_and_no_overlap(splits):
+    seen: set[tuple[str, str]] = set()
+    for pairs in splits.values():
+        assert len(set(pairs)) == len(pairs)
+        assert not seen & set(pairs)
+        seen |= set(pairs)
+    # The translation is a function of the English sentence.
+    assert len({en for en, _ in seen}) == len(seen)
+
+
+def test_cat_sentence_in_train(splits):
+    pair = ("The cat sleeps on the couch.", "El gato duerme en el sofá.")
+    assert corpus.cat_sentence() == pair
+    assert pair in splits["train"]
+    assert pair in corpus.generate_split("train", num_examples=10)
+
+
+def test_sentence_shape(splits):
+    for pairs in splits.values():
+        for en, es in pairs:
+            for text in (en, es):
+                assert corpus.MIN_WORDS <= len(text.split()) <= corpus.MAX_WORDS, text
+                assert text[-1] in ".?" and text.count(" ") == len(text.split()) - 1
+            assert en[0].isupper() and es.lstrip("¿")[0].isupper()
+            assert (en[-1] == "?") == (es[0] == "¿") == (es[-1] == "?")
+
+
+DETS = {
+    "the",
+    "a",
+    "an",
+    "some",
+    "this",
+    "these",
+    "that",
+    "those",
+    "my",
+    "your",
+    "his",
+    "her",
+    "our",
+}
+AUX = {"is", "are", "was", "were", "do", "does", "did"}
+
+
+def _text_combinations(en: str) -> set[tuple[str, str, str]]:
+    """(noun, adjective) and (subject noun, verb) combinations read off an English sentence."""
+    nouns = {f: n.en for n in corpus.NOUNS for f in (n.en, n.en_pl)}
+    adjectives = {a.en for a in corpus.ADJECTIVES}
+    verbs = {f: v.en for v in corpus.VERBS for f in (v.en, v.en_3sg, v.en_past)}
+    words = en.rstrip(".?").lower().split()
+    found = {
+        ("noun_adj", nouns[b], a)
+        for a, b in zip(words, words[1:])
+        if a in adjectives and b in nouns
+    }
+    rest = words[1:] if words[0] in AUX else words
+    if rest[0] in DETS:
+        rest = rest[2:] if rest[1] in adjectives and rest[2] in nouns else rest[1:]
+        noun = nouns.get(rest[0])
+        rest = rest[1:]
+        if rest and rest[0] in AUX:
+            rest = rest[2:] if len(rest) > 1 and rest[1] == "not" else rest[1:]
+        if noun and rest:
+            if rest[0] in verbs and not (
+                words[-1] == rest[0] and rest[0] in adjectives and len(rest) == 1
+            ):
+                found.add(("subject_verb", noun, verbs[rest[0]]))
+            if len(rest) == 1 and rest[0] in adjectives:
+                found.add(("noun_adj", noun, rest[0]))
+    return found
+
+
+def test_held_out_combinations(splits):
+    held_out = corpus.held_out_combinations()
+    kinds = {k for k, _, _ in held_out}
+    assert kinds == {"noun_adj", "subject_verb"} and len(held_out) > 40
+    assert ("subject_verb", "cat", "sleep") not in held_out
+    # The generator's own bookkeeping.
+    for split in corpus.SPLITS:
+        for _, _, combos in corpus.generate_split_with_combinations(split):
+            assert bool(combos & held_out) == (split != "train")
+    # An independent check on the English text.
+    for en, _ in splits["train"]:
+        assert not _text_combinations(en) & held_out, en
+    for split in ("validation", "test"):
+        for en, _ in splits[split]:
+            assert _text_combinations(en) & held_out, en
+    assert _text_combinations("Are these girls clean?") == {("noun_adj", "girl", "clean")}
+    assert _text_combinations("The old cat did not see a dog.") == {
+        ("noun_adj", "cat", "old"),
+        ("subject_verb", "cat", "see"),
+    }
+
+
+def test_eval_words_appear_in_train(splits):
+    for side in (0, 1):
+        train_words = _words(splits["train"], side)
+        for split in ("validation", "test"):
+            assert _words(splits[split], side) <= train_words
+
+
+EXPECTED = [
+    ("I wash the white houses.", "Yo lavo las casas blancas."),
+    ("The women are fast.", "Las mujeres son rápidas."),
+    ("The women are sad.", "Las mujeres están tristes."),
+    ("Our beds were old.", "Nuestras camas eran viejas."),
+    ("Some young women are tired.", "Unas mujeres jóvenes están cansadas."),
+    ("Are we young?", "¿Nosotros somos jóvenes?"),
+    ("Some new bags are not black.", "Unas bolsas nuevas no son negras."),
+    ("These mice ran.", "Estos ratones corrieron."),
+    ("Those beds are ugly.", "Esas camas son feas."),
+    ("My tired cows sleep.", "Mis vacas cansadas duermen."),
+    ("This bird sees the dog.", "Este pájaro ve al perro."),
+    ("We help the woman.", "Nosotros ayudamos a la mujer."),
+    ("I saw your bird.", "Yo vi a tu pájaro."),
+    ("They have the duck.", "Ellos tienen el pato."),
+    ("He is under the couch.", "Él está debajo del sofá."),
+    ("I run behind the tree.", "Yo corro detrás del árbol."),
+    ("He is behind the trees.", "Él está detrás de los árboles."),
+    ("Was I in front of the garden?", "¿Yo estaba delante del jardín?"),
+    ("I did not play.", "Yo no jugué."),
+    ("My cat slept.", "Mi gato durmió."),
+    ("He read the book.", "Él leyó el libro."),
+    ("We read the book.", "Nosotros leemos el libro."),
+    ("Did some men read?", "¿Unos hombres leyeron?"),
+    ("You lived with the mice.", "Tú viviste con los ratones."),
+]
+
+
+@pytest.mark.parametrize("en,es", EXPECTED)
+def test_spanish_spot_checks(all_pairs, en, es):
+    assert all_pairs.get(en) == es
+
+
+def test_contractions(all_pairs):
+    spanish = list(all_pairs.values())
+    assert not any(re.search(r"\b(a|de) el\b", es, re.IGNORECASE) for es in spanish)
+    assert sum(" al " in es for es in spanish) > 1000
+    assert sum(" del " in es for es in spanish) > 1000
+    assert any(" a la " in es for es in spanish) and any(" de la " in es for es in spanish)
+    # "tú" is the pronoun, "tu" the possessive.
+    for en, es in all_pairs.items():
+        if en.startswith(("You ", "Do you ", "Did you ")):
+            assert es.lstrip("¿").startswith("Tú "), (en, es)
+        if en.startswith("Your "):
+            assert es.startswith(("Tu ", "Tus ")), (en, es)
+
+
+def test_agreement_of_adjectives(all_pairs):
+    """Every attributive adjective agrees with its noun in gender and number."""
+    forms = {}
+    for noun in corpus.NOUNS:
+        for adj in corpus.ADJECTIVES:
+            if noun.kind in adj.kinds:
+                f = noun.gender == "f"
+                forms[(noun.en, adj.en)] = f"{noun.es} {adj.es[f]}"
+                forms[(noun.en_pl, adj.en)] = f"{noun.es_pl} {adj.es[2 + f]}"
+    checked = 0
+    for en, es in all_pairs.items():
+        words = en.rstrip(".?").lower().split()
+        for adj_en, noun_en in zip(words, words[1:]):
+            if (noun_en, adj_en) in forms and adj_en not in {"clean"}:
+                assert forms[(noun_en, adj_en)] in es, (en, es)
+                checked += 1
+    assert checked > 10_000

@@ -1,0 +1,319 @@
+"""Importing a Marian checkpoint: logits, greedy decoding and the pipeline match transformers.
+
+The reference is a small, randomly initialised `transformers.MarianMTModel` saved
+with safetensors next to SentencePiece models trained here on a few sentences.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+spm = pytest.importorskip("sentencepiece")
+
+import jax.numpy as jnp  # noqa: E402
+
+from transformer_jax.convert.marian import MarianTokenizer, import_marian  # noqa: E402
+from transformer_jax.decode.seq2seq import translate_ids  # noqa: E402
+from transformer_jax.models.translation import EncoderDecoder  # noqa: E402
+from transformer_jax.pipelines import TranslationPipeline  # noqa: E402
+from transformer_jax.train.restore import load_for_inference  # noqa: E402
+
+SOURCE_TEXTS = [
+    "the cat sleeps on the sofa",
+    "a dog runs in the park",
+    "the children read a book",
+    "my sister drinks green tea",
+    "we walk to the old market",
+    "the bird sings in the morning",
+    "the teacher opens the window",
+    "they eat bread and cheese",
+]
+TARGET_TEXTS = [
+    "el gato duerme en el sofá",
+    "un perro corre en el parque",
+    "los niños leen un libro",
+    "mi hermana bebe té verde",
+    "caminamos al mercado viejo",
+    "el pájaro canta por la mañana",
+    "el profesor abre la ventana",
+    "ellos comen pan y queso",
+]
+QUERIES = ["the cat reads a book", "a bird in the park", "my old teacher", "tea"]
+MAX_NEW = 24
+
+
+def _train_spm(texts: list[str], vocab_size: int) -> bytes:
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts * 4),
+        model_writer=writer,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return writer.getvalue()
+
+
+def _pieces(model: bytes) -> list[str]:
+    sp = spm.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(model)
+    return [
+        sp.id_to_piece(i)
+        for i in range(sp.get_piece_size())
+        if not (sp.is_control(i) or sp.is_unknown(i))
+    ]
+
+
+@pytest.fixture(scope="module")
+def marian(tmp_path_factory):
+    """(source dir, torch model, import summary, workdir)."""
+    src_dir = tmp_path_factory.mktemp("opus-mt-tiny")
+    source_spm = _train_spm(SOURCE_TEXTS, 48)
+    target_spm = _train_spm(TARGET_TEXTS, 48)
+    vocab = {"</s>": 0, "<unk>": 1}
+    for piece in _pieces(source_spm) + _pieces(target_spm):
+        vocab.setdefault(piece, len(vocab))
+    vocab["<pad>"] = len(vocab)
+    V = len(vocab)
+    (src_dir / "source.spm").write_bytes(source_spm)
+    (src_dir / "target.spm").write_bytes(target_spm)
+    (src_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+
+    torch.manual_seed(0)
+    config = transformers.MarianConfig(
+        vocab_size=V,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        activation_function="swish",
+        max_position_embeddings=64,
+        pad_token_id=V - 1,
+        decoder_start_token_id=V - 1,
+        eos_token_id=0,
+        forced_eos_token_id=None,
+        scale_embedding=True,
+        init_std=0.15,
+    )
+    model = transformers.MarianMTModel(config).eval()
+    with torch.no_grad():  # non-trivial norms and bias, so a mis-mapped one shows up
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+        model.final_logits_bias.normal_(0.0, 0.5)
+        model.final_logits_bias[0, 0] += 2.0  # some sentences end (in eos) before the limit
+    gen = model.generation_config
+    gen.bad_words_ids = [[V - 1]]
+    gen.num_beams = 4
+    gen.max_length = MAX_NEW + 1
+    gen.forced_eos_token_id = None
+    model.save_pretrained(str(src_dir), safe_serialization=True)
+    assert os.path.isfile(src_dir / "model.safetensors")
+
+    workdir = tmp_path_factory.mktemp("work") / "run"
+    summary = import_marian(str(src_dir), str(workdir))
+    return src_dir, model, summary, str(workdir)
+
+
+def _batch(tok, texts: list[str], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = [tok.encode(t) for t in texts]
+    S = max(map(len, rows))
+    ids = np.full((len(rows), S), pad_id, np.int32)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = row
+    return ids, (ids != pad_id).astype(np.int32)
+
+
+def test_summary_and_config(marian):
+    _, model, summary, workdir = marian
+    cfg = summary["model"]
+    assert summary["step"] == 0
+    assert summary["num_params"] > 0
+    assert cfg["position_layout"] == "halves" and cfg["final_logits_bias"] is True
+    assert cfg["attention_bias"] is True and cfg["layer_norm_eps"] == 1e-5
+    assert cfg["activation"] == "swish" and cfg["norm_position"] == "post"
+    assert cfg["pad_id"] == cfg["decoder_start_id"] == model.config.pad_token_id
+    assert cfg["eos_id"] == 0 and cfg["share_embeddings"] and cfg["tie_output"]
+    assert summary["decode"]["beam_size"] == 4
+    assert summary["decode"]["max_decode_len"] == MAX_NEW
+    assert summary["banned_tokens"] == [model.config.pad_token_id]
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        import_marian(str(marian[0]), workdir)
+
+
+def test_tokenizer_matches_transformers_and_round_trips(marian):
+    src_dir, _, _, workdir = marian
+    ours = MarianTokenizer.from_dir(str(src_dir))
+    theirs = transformers.MarianTokenizer(
+        str(src_dir / "source.spm"), str(src_dir / "target.spm"), str(src_dir / "vocab.json")
+    )
+    texts = QUERIES + ["zebra xylophone", ""]
+    assert [ours.source.encode(t) for t in texts] == theirs(texts)["input_ids"]
+    assert ours.source.encode("zebra")[-1] == ours.source.eos_id
+    assert ours.source.unk_id in ours.source.encode("zebra")
+
+    again = MarianTokenizer.from_json(json.loads(json.dumps(ours.to_json())))
+    assert again.to_json() == ours.to_json()
+    for text in TARGET_TEXTS[:3]:
+        ids = again.target.encode(text)
+        assert again.target.decode(ids) == text
+        assert again.target.decode(ids + [ours.target.pad_id, 5]) == text  # stops at eos
+
+    loaded = load_for_inference(workdir)
+    assert loaded.src_tokenizer.encode(QUERIES[0]) == ours.source.encode(QUERIES[0])
+    assert loaded.tgt_tokenizer.bos_id == loaded.model_config.decoder_start_id
+
+
+def test_logits_match_transformers(marian):
+    _, model, _, workdir = marian
+    loaded = load_for_inference(workdir)
+    cfg, pad = loaded.model_config, loaded.model_config.pad_id
+    inputs, mask = _batch(loaded.src_tokenizer, QUERIES, pad)
+    rng = np.random.default_rng(0)
+    dec_in = rng.integers(0, cfg.vocab_size, (len(QUERIES), 7)).astype(np.int32)
+    dec_in[:, 0] = cfg.decoder_start_id
+
+    module = EncoderDecoder(cfg)
+    variables = {"params": loaded.params}
+    seg = jnp.asarray(mask)
+    encoded = module.apply(variables, jnp.asarray(inputs), seg, method=EncoderDecoder.encode)
+    ours = np.asarray(
+        module.apply(variables, encoded, seg, jnp.asarray(dec_in), method=EncoderDecoder.decode)
+    )
+    with torch.no_grad():
+        theirs = model(
+            input_ids=torch.from_numpy(inputs).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            decoder_input_ids=torch.from_numpy(dec_in).long(),
+        ).logits.numpy()
+    assert ours.shape == theirs.shape
+    keep = np.arange(cfg.vocab_size) != pad  # <pad> is banned from generation
+    np.testing.assert_allclose(ours[..., keep], theirs[..., keep], atol=1e-4, rtol=1e-5)
+    assert np.all(ours[..., pad] < -1e8)
+    assert np.ptp(theirs[..., keep]) > 1.0  # the comparison is not trivially flat
+
+
+def _hf_generate(model, inputs, mask, num_beams=1):
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=torch.from_numpy(inputs).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            num_beams=num_beams,
+            do_sample=False,
+            max_new_tokens=MAX_NEW,
+        ).numpy()
+    return out[:, 1:]  # drop the decoder start token
+
+
+def _until_eos(ids, eos: int) -> list[int]:
+    ids = [int(t) for t in ids]
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def test_greedy_matches_generate(marian):
+    _, model, _, workdir = marian
+    loaded = load_for_inference(workdir)
+    cfg = loaded.model_config
+    inputs, mask = _batch(loaded.src_tokenizer, QUERIES, cfg.pad_id)
+    ours = np.asarray(
+        translate_ids(
+            loaded.params, jnp.asarray(inputs), jnp.full((len(QUERIES),), MAX_NEW, jnp.int32),
+            config=cfg, beam_size=1, alpha=1.0, max_decode_len=MAX_NEW,
+        )
+    )
+    theirs = _hf_generate(model, inputs, mask)
+    for r in range(len(QUERIES)):
+        assert _until_eos(ours[r], cfg.eos_id) == _until_eos(theirs[r], cfg.eos_id), r
+    # Random weights still give sentences of several lengths, some ending in eos.
+    assert any(cfg.eos_id in _until_eos(row, cfg.eos_id) for row in theirs)
+
+
+def test_pipeline_from_workdir(marian):
+    _, model, _, workdir = marian
+    greedy = TranslationPipeline.from_workdir(workdir, beam_size=1)
+    cfg = greedy.model_config
+    out = greedy(QUERIES)
+    assert isinstance(out, list) and len(out) == len(QUERIES)
+    assert all(isinstance(o, dict) and isinstance(o["translation_text"], str) for o in out)
+    inputs, mask = _batch(greedy.src_tokenizer, QUERIES, cfg.pad_id)
+    theirs = _hf_generate(model, inputs, mask)
+    expected = [greedy.tgt_tokenizer.decode(row) for row in theirs]
+    assert [o["translation_text"] for o in out] == expected
+
+    beam = TranslationPipeline.from_workdir(workdir)
+    assert beam.beam_size == 4
+    texts = beam(QUERIES[:2] + [""])
+    assert len(texts) == 3 and texts[2] == {"translation_text": ""}
+    assert all(isinstance(t["translation_text"], str) for t in texts)
+
+
+def _copy_without(src_dir, dst, *names):
+    shutil.copytree(src_dir, dst)
+    for name in names:
+        os.remove(os.path.join(dst, name))
+    return str(dst)
+
+
+def _one_line_error(src_dir: str, workdir: str, match: str) -> str:
+    with pytest.raises(ValueError, match=match) as err:
+        import_marian(src_dir, workdir)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_missing_and_pickle_only_weights_are_refused(marian, tmp_path):
+    src_dir = marian[0]
+    no_weights = _copy_without(src_dir, tmp_path / "no_weights", "model.safetensors")
+    _one_line_error(no_weights, str(tmp_path / "w1"), "missing model.safetensors")
+
+    pickle_only = _copy_without(src_dir, tmp_path / "pickle_only", "model.safetensors")
+    with open(os.path.join(pickle_only, "pytorch_model.bin"), "wb") as f:
+        f.write(b"never read")
+    msg = _one_line_error(pickle_only, str(tmp_path / "w2"), "pickle files are not loaded")
+    assert "pytorch_model.bin" in msg
+    assert not os.path.exists(tmp_path / "w1") and not os.path.exists(tmp_path / "w2")
+
+
+def test_bad_inputs_are_refused(marian, tmp_path):
+    src_dir = marian[0]
+    no_spm = _copy_without(src_dir, tmp_path / "no_spm", "target.spm")
+    _one_line_error(no_spm, str(tmp_path / "w1"), "missing target.spm")
+
+    bad_act = _copy_without(src_dir, tmp_path / "bad_act")
+    cfg = json.loads((tmp_path / "bad_act" / "config.json").read_text())
+    cfg["activation_function"] = "quick_gelu"
+    (tmp_path / "bad_act" / "config.json").write_text(json.dumps(cfg))
+    _one_line_error(bad_act, str(tmp_path / "w2"), "activation_function='quick_gelu'")
+
+    wrong_shape = _copy_without(src_dir, tmp_path / "wrong_shape")
+    cfg["activation_function"] = "swish"
+    cfg["encoder_ffn_dim"] = cfg["decoder_ffn_dim"] = 48
+    (tmp_path / "wrong_shape" / "config.json").write_text(json.dumps(cfg))
+    _one_line_error(wrong_shape, str(tmp_path / "w3"), r"fc1\.weight has shape")
+
+    from safetensors.numpy import load_file, save_file
+
+    extra = _copy_without(src_dir, tmp_path / "extra")
+    weights = load_file(os.path.join(extra, "model.safetensors"))
+    weights["model.encoder.layer_norm.weight"] = np.ones(32, np.float32)
+    save_file(weights, os.path.join(extra, "model.safetensors"))
+    _one_line_error(extra, str(tmp_path / "w4"), "unexpected weights")
+
+    del weights["model.encoder.layer_norm.weight"], weights["model.decoder.layers.1.fc2.bias"]
+    save_file(weights, os.path.join(extra, "model.safetensors"))
+    _one_line_error(extra, str(tmp_path / "w5"), r"lacks weights \['model.decoder.layers.1.fc2")
