@@ -24,9 +24,9 @@ def get_config():
     c.model.dropout_rate = 0.1
     c.optimizer.lr_scale = 2.0
     c.optimizer.warmup_steps = 400
-    c.train.num_steps = 3000
+    c.train.num_steps = 1000
     c.train.log_every = 100
-    c.train.eval_every = 1000
+    c.train.eval_every = 500
     c.train.eval_batches = 4
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 5

@@ -75,10 +75,8 @@ def _pieces(model: bytes) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def marian(tmp_path_factory):
-    """(source dir, torch model, import summary, workdir)."""
-    src_dir = tmp_path_factory.mktemp("opus-mt-tiny")
+def _write_marian(src_dir, *, separate_vocabs: bool = False, **overrides):
+    """Writes a Marian checkpoint directory; returns the torch model."""
     source_spm = _train_spm(SOURCE_TEXTS, 48)
     target_spm = _train_spm(TARGET_TEXTS, 48)
     vocab = {"</s>": 0, "<unk>": 1}
@@ -89,9 +87,12 @@ def marian(tmp_path_factory):
     (src_dir / "source.spm").write_bytes(source_spm)
     (src_dir / "target.spm").write_bytes(target_spm)
     (src_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    if separate_vocabs:
+        (src_dir / "target_vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (src_dir / "tokenizer_config.json").write_text(json.dumps({"separate_vocabs": True}))
 
     torch.manual_seed(0)
-    config = transformers.MarianConfig(
+    settings = dict(
         vocab_size=V,
         d_model=32,
         encoder_layers=2,
@@ -109,7 +110,8 @@ def marian(tmp_path_factory):
         scale_embedding=True,
         init_std=0.15,
     )
-    model = transformers.MarianMTModel(config).eval()
+    settings.update(overrides)
+    model = transformers.MarianMTModel(transformers.MarianConfig(**settings)).eval()
     with torch.no_grad():  # non-trivial norms and bias, so a mis-mapped one shows up
         for module in model.modules():
             if isinstance(module, torch.nn.LayerNorm):
@@ -124,7 +126,14 @@ def marian(tmp_path_factory):
     gen.forced_eos_token_id = None
     model.save_pretrained(str(src_dir), safe_serialization=True)
     assert os.path.isfile(src_dir / "model.safetensors")
+    return model
 
+
+@pytest.fixture(scope="module")
+def marian(tmp_path_factory):
+    """(source dir, torch model, import summary, workdir)."""
+    src_dir = tmp_path_factory.mktemp("opus-mt-tiny")
+    model = _write_marian(src_dir)
     workdir = tmp_path_factory.mktemp("work") / "run"
     summary = import_marian(str(src_dir), str(workdir))
     return src_dir, model, summary, str(workdir)
@@ -179,13 +188,12 @@ def test_tokenizer_matches_transformers_and_round_trips(marian):
     assert loaded.tgt_tokenizer.bos_id == loaded.model_config.decoder_start_id
 
 
-def test_logits_match_transformers(marian):
-    _, model, _, workdir = marian
+def _compare_logits(model, workdir: str) -> None:
     loaded = load_for_inference(workdir)
     cfg, pad = loaded.model_config, loaded.model_config.pad_id
     inputs, mask = _batch(loaded.src_tokenizer, QUERIES, pad)
     rng = np.random.default_rng(0)
-    dec_in = rng.integers(0, cfg.vocab_size, (len(QUERIES), 7)).astype(np.int32)
+    dec_in = rng.integers(0, cfg.output_vocab_size, (len(QUERIES), 7)).astype(np.int32)
     dec_in[:, 0] = cfg.decoder_start_id
 
     module = EncoderDecoder(cfg)
@@ -202,10 +210,35 @@ def test_logits_match_transformers(marian):
             decoder_input_ids=torch.from_numpy(dec_in).long(),
         ).logits.numpy()
     assert ours.shape == theirs.shape
-    keep = np.arange(cfg.vocab_size) != pad  # <pad> is banned from generation
+    keep = np.arange(cfg.output_vocab_size) != pad  # <pad> is banned from generation
     np.testing.assert_allclose(ours[..., keep], theirs[..., keep], atol=1e-4, rtol=1e-5)
     assert np.all(ours[..., pad] < -1e8)
     assert np.ptp(theirs[..., keep]) > 1.0  # the comparison is not trivially flat
+
+
+def test_logits_match_transformers(marian):
+    _, model, _, workdir = marian
+    _compare_logits(model, workdir)
+
+
+@pytest.mark.parametrize(
+    "share, tie", [(False, True), (True, False)], ids=["separate-tables", "untied-output"]
+)
+def test_untied_embeddings(tmp_path, share, tie):
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    model = _write_marian(
+        src_dir,
+        separate_vocabs=not share,
+        share_encoder_decoder_embeddings=share,
+        tie_word_embeddings=tie,
+        encoder_layers=1,
+        decoder_layers=1,
+    )
+    summary = import_marian(str(src_dir), str(tmp_path / "run"))
+    assert summary["model"]["share_embeddings"] is False
+    assert summary["model"]["tie_output"] is tie
+    _compare_logits(model, str(tmp_path / "run"))
 
 
 def _hf_generate(model, inputs, mask, num_beams=1):
@@ -232,8 +265,13 @@ def test_greedy_matches_generate(marian):
     inputs, mask = _batch(loaded.src_tokenizer, QUERIES, cfg.pad_id)
     ours = np.asarray(
         translate_ids(
-            loaded.params, jnp.asarray(inputs), jnp.full((len(QUERIES),), MAX_NEW, jnp.int32),
-            config=cfg, beam_size=1, alpha=1.0, max_decode_len=MAX_NEW,
+            loaded.params,
+            jnp.asarray(inputs),
+            jnp.full((len(QUERIES),), MAX_NEW, jnp.int32),
+            config=cfg,
+            beam_size=1,
+            alpha=1.0,
+            max_decode_len=MAX_NEW,
         )
     )
     theirs = _hf_generate(model, inputs, mask)

@@ -18,13 +18,14 @@ from transformer_jax.nn.config import TransformerConfig, config_from_json, confi
 from transformer_jax.nn.embed import add_positions, sinusoid_table
 
 PAD, START = 0, 2
+VOCAB = 60
 ATOL = 1e-5
 AXIS_NAMES = {"vocab", "embed", "heads", "kv_heads", "kv", "mlp"}
 
 
 def tiny(**overrides) -> TransformerConfig:
     base = dict(
-        vocab_size=50,
+        vocab_size=VOCAB,
         d_model=32,
         num_heads=4,
         d_ff=64,
@@ -39,23 +40,47 @@ def tiny(**overrides) -> TransformerConfig:
     return TransformerConfig(**base)
 
 
-@functools.lru_cache(maxsize=None)
+def abstract_params(cfg: TransformerConfig, boxed: bool = False) -> dict:
+    """Parameter shapes from an abstract `init` (nothing is allocated)."""
+    ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+    params = jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0), ids, ids)["params"]
+    if boxed:
+        return params
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
+    return jax.tree.map(lambda x: x.value if is_box(x) else x, params, is_leaf=is_box)
+
+
+@functools.cache
 def init_params(cfg: TransformerConfig) -> dict:
-    """Unboxed float32 params; they do not depend on decode/deterministic flags."""
-    cfg = cfg.replace(decode=False, deterministic=True)
-    ids = jnp.full((1, 4), 3, jnp.int32)
-    variables = EncoderDecoder(cfg).init(jax.random.key(0), ids, ids)
-    return nn.unbox(variables["params"])
+    """Random float32 params with informative norm scales and biases (not just ones/zeros).
+
+    They do not depend on the decode/deterministic flags, so one set serves all modes.
+    """
+    shapes = abstract_params(cfg.replace(decode=False, deterministic=True))
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        noise = rng.standard_normal(leaf.shape).astype(np.float32)
+        name = path[-1].key
+        if name == "scale":
+            return jnp.asarray(1.0 + 0.1 * noise)
+        if name in ("bias", "final_logits_bias"):
+            return jnp.asarray(0.1 * noise)
+        return jnp.asarray(0.15 * noise)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def run(cfg: TransformerConfig, src, tgt, **kwargs) -> np.ndarray:
     params = init_params(cfg)
-    kwargs = {k: (None if v is None else jnp.asarray(v)) for k, v in kwargs.items()}
-    out = EncoderDecoder(cfg).apply({"params": params}, jnp.asarray(src), jnp.asarray(tgt), **kwargs)
+    kwargs = {k: jnp.asarray(v) for k, v in kwargs.items()}
+    out = EncoderDecoder(cfg).apply(
+        {"params": params}, jnp.asarray(src), jnp.asarray(tgt), **kwargs
+    )
     return np.asarray(out)
 
 
-def tokens(rng: np.random.Generator, shape, low: int = 3, high: int = 50) -> np.ndarray:
+def tokens(rng: np.random.Generator, shape, low: int = 3, high: int = VOCAB) -> np.ndarray:
     return rng.integers(low, high, size=shape).astype(np.int32)
 
 
@@ -71,21 +96,24 @@ def shift_right_np(tgt: np.ndarray) -> np.ndarray:
     return np.concatenate([np.full((B, 1), START, np.int32), tgt[:, :-1]], axis=1)
 
 
+# Most tests share these shapes so that compiled kernels are reused across tests.
+B, S, T = 2, 6, 5
+
+
 # ----------------------------------------------------------------------------- causality
 
 
 def test_logits_do_not_depend_on_future_targets():
     cfg = tiny()
     rng = np.random.default_rng(0)
-    src = pad_after(tokens(rng, (2, 6)), [6, 4])
-    tgt = tokens(rng, (2, 7))
+    src = pad_after(tokens(rng, (B, S)), [6, 4])
+    tgt = tokens(rng, (B, T))
     base = run(cfg, src, tgt)
-    T = tgt.shape[1]
     for t in range(T):
         changed = tgt.copy()
         # Non-pad replacements that differ from the original tokens.
-        shift = rng.integers(1, 47, tgt[:, t:].shape)
-        changed[:, t:] = (tgt[:, t:] - 3 + shift) % 47 + 3
+        shift = rng.integers(1, VOCAB - 3, tgt[:, t:].shape)
+        changed[:, t:] = (tgt[:, t:] - 3 + shift) % (VOCAB - 3) + 3
         assert np.all(changed[:, t:] != tgt[:, t:])
         out = run(cfg, src, changed)
         # logits[:, t'] predicts targets[:, t'] from targets[:, :t'], so positions <= t keep.
@@ -97,11 +125,10 @@ def test_logits_do_not_depend_on_future_targets():
 @pytest.mark.parametrize("norm_position", ["post", "pre"])
 def test_decoder_gradients_are_causal(norm_position):
     """d logits[:, t] / d (decoder input embedding at t') is exactly zero for t' > t."""
-    cfg = tiny(norm_position=norm_position, dropout_rate=0.0)
+    cfg = tiny(norm_position=norm_position)
     params = init_params(cfg)
     rng = np.random.default_rng(1)
-    src = jnp.asarray(pad_after(tokens(rng, (2, 5)), [5, 3]))
-    B, T, D = 2, 6, cfg.d_model
+    src = jnp.asarray(pad_after(tokens(rng, (B, S)), [6, 3]))
     model = EncoderDecoder(cfg)
     enc_seg = (src != PAD).astype(jnp.int32)
     encoded = model.apply({"params": params}, src, method=EncoderDecoder.encode)
@@ -115,8 +142,8 @@ def test_decoder_gradients_are_causal(norm_position):
         out_BTV = model.apply({"params": params}, y_BTD, method=logits_from_embeddings)
         return out_BTV.sum(axis=(0, 2))  # [T]
 
-    y = jax.random.normal(jax.random.key(3), (B, T, D))
-    jac_TBTD = jax.jacrev(per_position_logit_sums)(y)
+    y = jax.random.normal(jax.random.key(3), (B, T, cfg.d_model))
+    jac_TBTD = jax.jit(jax.jacrev(per_position_logit_sums))(y)
     influence_TT = np.asarray(jnp.abs(jac_TBTD).sum(axis=(1, 3)))  # [t (output), t' (input)]
     strictly_future = np.triu(np.ones((T, T), bool), k=1)
     assert np.all(influence_TT[strictly_future] == 0.0)
@@ -126,84 +153,83 @@ def test_decoder_gradients_are_causal(norm_position):
 # ------------------------------------------------------------------------------- padding
 
 
-def test_source_padding_content_and_length_do_not_matter():
+def test_padding_content_and_length_do_not_matter():
     cfg = tiny()
     rng = np.random.default_rng(2)
-    src = pad_after(tokens(rng, (2, 6)), [6, 3])
-    tgt = pad_after(tokens(rng, (2, 5)), [5, 4])
+    src = pad_after(tokens(rng, (B, S)), [6, 3])
+    tgt = pad_after(tokens(rng, (B, T)), [3, 5])
     src_seg = (src != PAD).astype(np.int32)
+    tgt_seg = (tgt != PAD).astype(np.int32)
     base = run(cfg, src, tgt)
     valid = tgt != PAD
     assert np.all(np.isfinite(base))
 
     # Arbitrary tokens under the padding, declared as padding by the segment ids.
-    garbage = np.where(src == PAD, tokens(rng, src.shape), src)
-    out = run(cfg, garbage, tgt, inputs_segmentation=src_seg)
+    src_garbage = np.where(src == PAD, tokens(rng, src.shape), src)
+    tgt_garbage = np.where(tgt == PAD, tokens(rng, tgt.shape), tgt)
+    out = run(cfg, src_garbage, tgt, inputs_segmentation=src_seg)
+    np.testing.assert_allclose(out[valid], base[valid], rtol=0, atol=ATOL)
+    out = run(cfg, src, tgt_garbage, targets_segmentation=tgt_seg)
     np.testing.assert_allclose(out[valid], base[valid], rtol=0, atol=ATOL)
 
-    # More padding columns.
-    longer = np.concatenate([src, np.zeros((2, 4), np.int32)], axis=1)
-    out = run(cfg, longer, tgt)
-    np.testing.assert_allclose(out[valid], base[valid], rtol=0, atol=ATOL)
+    # More padding columns on either side.
+    longer_src = np.concatenate([src, np.zeros((B, 3), np.int32)], axis=1)
+    longer_tgt = np.concatenate([tgt, np.zeros((B, 3), np.int32)], axis=1)
+    out = run(cfg, longer_src, longer_tgt)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[:, :T][valid], base[valid], rtol=0, atol=ATOL)
 
     # Sanity: a real source token does matter.
     other = src.copy()
-    other[1, 1] = 3 + (src[1, 1] - 3 + 1) % 47
+    other[1, 1] = 3 + (src[1, 1] - 3 + 1) % (VOCAB - 3)
     assert np.abs(run(cfg, other, tgt)[1][valid[1]] - base[1][valid[1]]).max() > 1e-3
-
-
-def test_target_padding_does_not_change_real_positions():
-    cfg = tiny()
-    rng = np.random.default_rng(3)
-    src = pad_after(tokens(rng, (2, 5)), [5, 2])
-    tgt = pad_after(tokens(rng, (2, 6)), [4, 6])
-    tgt_seg = (tgt != PAD).astype(np.int32)
-    base = run(cfg, src, tgt)
-    valid = tgt != PAD
-
-    garbage = np.where(tgt == PAD, tokens(rng, tgt.shape), tgt)
-    out = run(cfg, src, garbage, targets_segmentation=tgt_seg)
-    np.testing.assert_allclose(out[valid], base[valid], rtol=0, atol=ATOL)
-
-    longer = np.concatenate([tgt, np.zeros((2, 3), np.int32)], axis=1)
-    out = run(cfg, src, longer)
-    np.testing.assert_allclose(out[:, :6][valid], base[valid], rtol=0, atol=ATOL)
-    assert np.all(np.isfinite(out))
 
 
 # ------------------------------------------------------------------------------- packing
 
 
 @pytest.mark.parametrize("norm_position", ["post", "pre"])
-def test_packed_row_equals_separate_examples(norm_position):
+def test_packed_rows_equal_separate_examples(norm_position):
     cfg = tiny(norm_position=norm_position)
     rng = np.random.default_rng(4)
-    src_a, tgt_a = tokens(rng, (1, 3)), tokens(rng, (1, 4))
-    src_b, tgt_b = tokens(rng, (1, 4)), tokens(rng, (1, 3))
-    alone_a = run(cfg, src_a, tgt_a)
-    alone_b = run(cfg, src_b, tgt_b)
+    src_a, tgt_a = tokens(rng, 3), tokens(rng, 4)
+    src_b, tgt_b = tokens(rng, 4), tokens(rng, 3)
 
-    S, T = 9, 8  # one trailing pad in each packed row
-    src = np.zeros((1, S), np.int32)
-    src[0, :7] = np.concatenate([src_a[0], src_b[0]])
-    src_seg = np.array([[1, 1, 1, 2, 2, 2, 2, 0, 0]], np.int32)
-    src_pos = np.array([[0, 1, 2, 0, 1, 2, 3, 0, 0]], np.int32)
-    tgt = np.zeros((1, T), np.int32)
-    tgt[0, :7] = np.concatenate([tgt_a[0], tgt_b[0]])
-    tgt_seg = np.array([[1, 1, 1, 1, 2, 2, 2, 0]], np.int32)
-    tgt_pos = np.array([[0, 1, 2, 3, 0, 1, 2, 0]], np.int32)
+    # One example per row (padded).
+    src = np.zeros((B, S), np.int32)
+    tgt = np.zeros((B, T), np.int32)
+    src[0, :3], tgt[0, :4] = src_a, tgt_a
+    src[1, :4], tgt[1, :3] = src_b, tgt_b
+    alone = run(cfg, src, tgt)
 
+    # Both examples in each row, in either order, with segment ids and restarting positions.
+    def pack(first, second, length):
+        ids, seg, pos = (np.zeros(length, np.int32) for _ in range(3))
+        n, m = len(first), len(second)
+        ids[: n + m] = np.concatenate([first, second])
+        seg[:n], seg[n : n + m] = 1, 2
+        pos[:n], pos[n : n + m] = np.arange(n), np.arange(m)
+        return ids, seg, pos
+
+    rows = [
+        (pack(src_a, src_b, S + 3), pack(tgt_a, tgt_b, T + 3)),
+        (pack(src_b, src_a, S + 3), pack(tgt_b, tgt_a, T + 3)),
+    ]
+    src_p, src_seg, src_pos = (np.stack([r[0][i] for r in rows]) for i in range(3))
+    tgt_p, tgt_seg, tgt_pos = (np.stack([r[1][i] for r in rows]) for i in range(3))
     packed = run(
         cfg,
-        src,
-        tgt,
+        src_p,
+        tgt_p,
         inputs_segmentation=src_seg,
         targets_segmentation=tgt_seg,
         inputs_position=src_pos,
         targets_position=tgt_pos,
     )
-    np.testing.assert_allclose(packed[0, :4], alone_a[0], rtol=0, atol=ATOL)
-    np.testing.assert_allclose(packed[0, 4:7], alone_b[0], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(packed[0, :4], alone[0, :4], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(packed[0, 4:7], alone[1, :3], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(packed[1, :3], alone[1, :3], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(packed[1, 3:7], alone[0, :4], rtol=0, atol=ATOL)
 
 
 # ------------------------------------------------------------------------ cached decoding
@@ -216,15 +242,13 @@ def test_packed_row_equals_separate_examples(norm_position):
         dict(norm_position="pre"),
         dict(num_kv_heads=2),
         dict(num_kv_heads=2, norm_position="pre", attention_bias=True),
-        dict(attention_impl="chunked"),
     ],
-    ids=["post", "pre", "gqa", "gqa-pre-bias", "chunked"],
+    ids=["post", "pre", "gqa", "gqa-pre-bias"],
 )
 def test_cached_decoding_matches_teacher_forcing(overrides):
     cfg = tiny(**overrides)
     params = init_params(cfg)
     rng = np.random.default_rng(5)
-    B, S, T = 2, 6, 5
     src = pad_after(tokens(rng, (B, S)), [6, 3])
     tgt = tokens(rng, (B, T))
     full = run(cfg, src, tgt)
@@ -274,8 +298,8 @@ def test_jit_matches_eager():
     cfg = tiny(norm_position="pre", num_kv_heads=2)
     params = init_params(cfg)
     rng = np.random.default_rng(6)
-    src = jnp.asarray(pad_after(tokens(rng, (2, 6)), [6, 2]))
-    tgt = jnp.asarray(pad_after(tokens(rng, (2, 5)), [5, 3]))
+    src = jnp.asarray(pad_after(tokens(rng, (B, S)), [6, 2]))
+    tgt = jnp.asarray(pad_after(tokens(rng, (B, T)), [5, 3]))
     model = EncoderDecoder(cfg)
     eager = model.apply({"params": params}, src, tgt)
     jitted = jax.jit(model.apply)({"params": params}, src, tgt)
@@ -303,8 +327,7 @@ def test_jit_matches_eager():
 )
 def test_every_parameter_has_logical_axis_names(overrides):
     cfg = tiny(**overrides)
-    ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-    boxed = jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0), ids, ids)["params"]
+    boxed = abstract_params(cfg, boxed=True)
     is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
     leaves = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=is_box)[0]
     assert len(leaves) > 10
@@ -372,7 +395,10 @@ def test_model_embedding_is_scaled_table_plus_positions(layout):
         {"params": params}, jnp.asarray(ids), jnp.asarray(pos), method=embed
     )
     table = np.asarray(params["embed"]["embedding"], np.float64)
-    ref = table[ids] * math.sqrt(cfg.d_model) + paper_table(cfg.max_position, cfg.d_model, layout)[pos]
+    ref = (
+        table[ids] * math.sqrt(cfg.d_model)
+        + paper_table(cfg.max_position, cfg.d_model, layout)[pos]
+    )
     np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=ATOL)
 
     zeros = jnp.zeros((2, 5, cfg.d_model))
@@ -391,8 +417,8 @@ def test_dropout_is_active_only_when_not_deterministic():
     cfg = tiny(dropout_rate=0.3)
     params = {"params": init_params(cfg)}
     rng = np.random.default_rng(8)
-    src = jnp.asarray(pad_after(tokens(rng, (2, 5)), [5, 3]))
-    tgt = jnp.asarray(tokens(rng, (2, 4)))
+    src = jnp.asarray(pad_after(tokens(rng, (B, S)), [6, 3]))
+    tgt = jnp.asarray(tokens(rng, (B, T)))
 
     # deterministic=True needs no rng and ignores one if given.
     det = EncoderDecoder(cfg).apply(params, src, tgt)
@@ -427,45 +453,46 @@ def test_embedding_is_shared_and_tied():
     assert tables == ["['embed']['embedding']"]
 
     rng = np.random.default_rng(10)
-    src = tokens(rng, (2, 5), 3, 20)  # source ids in [3, 20)
-    tgt = tokens(rng, (2, 4), 20, 40)  # target ids in [20, 40)
+    src = tokens(rng, (B, S), 3, 20)  # source ids in [3, 20)
+    tgt = tokens(rng, (B, T), 20, 40)  # target ids in [20, 40)
     model = EncoderDecoder(cfg)
     base = np.asarray(model.apply({"params": params}, jnp.asarray(src), jnp.asarray(tgt)))
 
-    def with_row(row: int, delta: float) -> np.ndarray:
+    delta = jnp.asarray(np.random.default_rng(12).normal(size=cfg.d_model), jnp.float32)
+
+    def with_row(row: int) -> np.ndarray:
         table = params["embed"]["embedding"].at[row].add(delta)
         p = {**params, "embed": {"embedding": table}}
         return np.asarray(model.apply({"params": p}, jnp.asarray(src), jnp.asarray(tgt)))
 
     # Tied output: a row never read as input only moves its own logit column.
     unused = 45
-    out = with_row(unused, 0.5)
+    out = with_row(unused)
     others = np.arange(cfg.vocab_size) != unused
     np.testing.assert_allclose(out[..., others], base[..., others], rtol=0, atol=1e-6)
     assert np.abs(out[..., unused] - base[..., unused]).min() > 1e-4
 
     # Shared: a row read only by the encoder changes the decoder's logits.
-    out = with_row(int(src[0, 0]), 0.5)
+    out = with_row(int(src[0, 0]))
     assert np.abs(out[0] - base[0]).max() > 1e-3
 
 
 def test_untied_unshared_has_separate_tables():
     cfg = tiny(share_embeddings=False, target_vocab_size=40, tie_output=False)
     params = init_params(cfg)
-    assert params["embed"]["embedding"].shape == (50, 32)
+    assert params["embed"]["embedding"].shape == (VOCAB, 32)
     assert params["target_embed"]["embedding"].shape == (40, 32)
     assert params["logits_dense"]["kernel"].shape == (32, 40)
     rng = np.random.default_rng(11)
-    out = run(cfg, tokens(rng, (2, 5)), tokens(rng, (2, 4), 3, 40))
-    assert out.shape == (2, 4, 40)
+    out = run(cfg, tokens(rng, (B, S)), tokens(rng, (B, T), 3, 40))
+    assert out.shape == (B, T, 40)
 
 
 # ------------------------------------------------------------------------ param counts
 
 
 def count_abstract_params(cfg: TransformerConfig) -> int:
-    ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
-    shapes = jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0), ids, ids)["params"]
+    shapes = abstract_params(cfg)
     return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
 
 
@@ -524,6 +551,7 @@ def test_invalid_config_raises_value_error_naming_key(overrides, key):
 
 def test_valid_variants_are_accepted():
     tiny(num_kv_heads=1)
+    assert tiny(num_kv_heads=0).kv_heads == 4  # 0 and None both mean num_heads
     tiny(num_kv_heads=4, head_dim=16)
     tiny(d_model=30, num_heads=4, head_dim=8)  # explicit head_dim lifts divisibility
     tiny(share_embeddings=False, target_vocab_size=7)

@@ -11,9 +11,10 @@ import time
 
 EXAMPLES = [
     "The cat sleeps on the couch.",
-    "The dog does not eat the bread.",
+    "The dog does not eat the apple.",
     "The white houses are near the river.",
-    "She reads a red book in the garden.",
+    "She read a red book in the garden.",
+    "My young friends did not see the black horses.",
 ]
 
 

@@ -219,8 +219,13 @@ class MarianTokenizer:
                 raise ValueError(f"Marian tokenizer blob: {key} is not base64") from None
 
         specials = {k: blob[k] for k in ("eos_token", "unk_token", "pad_token") if k in blob}
-        return cls(b64("source_spm"), b64("target_spm"), blob["vocab"], blob.get("target_vocab"),
-                   **specials)
+        return cls(
+            b64("source_spm"),
+            b64("target_spm"),
+            blob["vocab"],
+            blob.get("target_vocab"),
+            **specials,
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,33 +283,58 @@ def _check_marian_config(hf: dict[str, Any]) -> None:
     if not isinstance(hf, dict):
         raise ValueError("config.json must hold a JSON object")
     if hf.get("model_type", "marian") != "marian":
-        raise ValueError(f"config.json: unsupported model_type={hf['model_type']!r} (need 'marian')")
+        raise ValueError(
+            f"config.json: unsupported model_type={hf['model_type']!r} (need 'marian')"
+        )
     arch = hf.get("architectures")
     if arch and "MarianMTModel" not in arch:
         raise ValueError(f"config.json: unsupported architectures={arch!r} (need MarianMTModel)")
     # Options of older configs that MarianMTModel never implemented.
-    for key in ("normalize_before", "normalize_embedding", "add_final_layer_norm",
-                "add_bias_logits"):
+    for key in (
+        "normalize_before",
+        "normalize_embedding",
+        "add_final_layer_norm",
+        "add_bias_logits",
+    ):
         if hf.get(key):
-            raise ValueError(f"config.json: unsupported {key}={hf[key]!r} (MarianMTModel is post-LN)")
+            raise ValueError(
+                f"config.json: unsupported {key}={hf[key]!r} (MarianMTModel is post-LN)"
+            )
     if hf.get("static_position_embeddings") is False:
         raise ValueError("config.json: unsupported static_position_embeddings=False")
 
 
 def _generation_settings(src_dir: str, hf: dict[str, Any]) -> dict[str, Any]:
     """Decoding defaults: config.json's generation keys overridden by generation_config.json."""
-    gen = {k: hf[k] for k in ("num_beams", "max_length", "length_penalty", "bad_words_ids",
-                              "decoder_start_token_id", "eos_token_id", "forced_bos_token_id",
-                              "no_repeat_ngram_size", "repetition_penalty", "min_length",
-                              "do_sample") if k in hf}
+    gen = {
+        k: hf[k]
+        for k in (
+            "num_beams",
+            "max_length",
+            "length_penalty",
+            "bad_words_ids",
+            "decoder_start_token_id",
+            "eos_token_id",
+            "forced_bos_token_id",
+            "no_repeat_ngram_size",
+            "repetition_penalty",
+            "min_length",
+            "do_sample",
+        )
+        if k in hf
+    }
     extra = _read_json(src_dir, "generation_config.json", required=False)
     if extra is not None:
         if not isinstance(extra, dict):
             raise ValueError("generation_config.json must hold a JSON object")
         gen.update(extra)
-    neutral = {"forced_bos_token_id": (None,), "no_repeat_ngram_size": (None, 0),
-               "repetition_penalty": (None, 1, 1.0), "min_length": (None, 0),
-               "do_sample": (None, False)}
+    neutral = {
+        "forced_bos_token_id": (None,),
+        "no_repeat_ngram_size": (None, 0),
+        "repetition_penalty": (None, 1, 1.0),
+        "min_length": (None, 0),
+        "do_sample": (None, False),
+    }
     for key, ok in neutral.items():
         if key in gen and gen[key] not in ok:
             raise ValueError(f"generation settings: unsupported {key}={gen[key]!r}")
@@ -364,12 +394,25 @@ def _layer_entries(cfg) -> list[Entry]:
 
     def attention(hf: str, ours: tuple[str, ...]) -> None:
         for proj, name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
-            out.append((f"{hf}.{proj}.weight", ours + (name, "kernel"), (N * H, D),
-                        lambda w: w.T.reshape(D, N, H)))
-            out.append((f"{hf}.{proj}.bias", ours + (name, "bias"), (N * H,),
-                        lambda b: b.reshape(N, H)))
-        out.append((f"{hf}.out_proj.weight", ours + ("out", "kernel"), (D, N * H),
-                    lambda w: w.T.reshape(N, H, D)))
+            out.append(
+                (
+                    f"{hf}.{proj}.weight",
+                    ours + (name, "kernel"),
+                    (N * H, D),
+                    lambda w: w.T.reshape(D, N, H),
+                )
+            )
+            out.append(
+                (f"{hf}.{proj}.bias", ours + (name, "bias"), (N * H,), lambda b: b.reshape(N, H))
+            )
+        out.append(
+            (
+                f"{hf}.out_proj.weight",
+                ours + ("out", "kernel"),
+                (D, N * H),
+                lambda w: w.T.reshape(N, H, D),
+            )
+        )
         out.append((f"{hf}.out_proj.bias", ours + ("out", "bias"), (D,), lambda b: b))
 
     def norm(hf: str, ours: tuple[str, ...]) -> None:
@@ -413,8 +456,9 @@ def _expected_shapes(cfg) -> dict[tuple[str, ...], tuple[int, ...]]:
     return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
-def _convert_weights(weights: dict[str, np.ndarray], entries: list[Entry], ignored: set[str],
-                     cfg) -> dict[str, Any]:
+def _convert_weights(
+    weights: dict[str, np.ndarray], entries: list[Entry], ignored: set[str], cfg
+) -> dict[str, Any]:
     missing = [name for name, *_ in entries if name not in weights]
     if missing:
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
@@ -455,8 +499,11 @@ def _convert_weights(weights: dict[str, np.ndarray], entries: list[Entry], ignor
 # ---------------------------------------------------------------------------------------
 
 
-def marian_model_config(hf: dict[str, Any], weights: dict[str, np.ndarray] | None = None,
-                        gen: dict[str, Any] | None = None):
+def marian_model_config(
+    hf: dict[str, Any],
+    weights: dict[str, np.ndarray] | None = None,
+    gen: dict[str, Any] | None = None,
+):
     """(TransformerConfig, weight entries, ignored weight names) for a Marian config.json."""
     from transformer_jax.nn.config import TransformerConfig
 
@@ -465,8 +512,9 @@ def marian_model_config(hf: dict[str, Any], weights: dict[str, np.ndarray] | Non
     D = _int(hf, "d_model")
     heads = _int(hf, "encoder_attention_heads")
     if _int(hf, "decoder_attention_heads") != heads:
-        raise ValueError("config.json: encoder_attention_heads != decoder_attention_heads "
-                         "is not supported")
+        raise ValueError(
+            "config.json: encoder_attention_heads != decoder_attention_heads is not supported"
+        )
     d_ff = _int(hf, "encoder_ffn_dim")
     if _int(hf, "decoder_ffn_dim") != d_ff:
         raise ValueError("config.json: encoder_ffn_dim != decoder_ffn_dim is not supported")
@@ -476,8 +524,10 @@ def marian_model_config(hf: dict[str, Any], weights: dict[str, np.ndarray] | Non
         raise ValueError(f"config.json: unsupported odd d_model={D}")
     act = hf.get("activation_function", "gelu")
     if act not in _ACTIVATIONS:
-        raise ValueError(f"config.json: unsupported activation_function={act!r} "
-                         f"(choose one of {sorted(_ACTIVATIONS)})")
+        raise ValueError(
+            f"config.json: unsupported activation_function={act!r} "
+            f"(choose one of {sorted(_ACTIVATIONS)})"
+        )
     V = _int(hf, "vocab_size")
     share = _flag(hf, "share_encoder_decoder_embeddings", True)
     tie = _flag(hf, "tie_word_embeddings", True)
@@ -487,8 +537,11 @@ def marian_model_config(hf: dict[str, Any], weights: dict[str, np.ndarray] | Non
     pad = _int(hf, "pad_token_id")
     eos = _int(gen, "eos_token_id", _int(hf, "eos_token_id"))
     start = _int(gen, "decoder_start_token_id", _int(hf, "decoder_start_token_id", pad))
-    for key, value in (("pad_token_id", pad), ("eos_token_id", eos),
-                       ("decoder_start_token_id", start)):
+    for key, value in (
+        ("pad_token_id", pad),
+        ("eos_token_id", eos),
+        ("decoder_start_token_id", start),
+    ):
         if not 0 <= value < min(V, Vt):
             raise ValueError(f"config.json: {key}={value} is outside the vocabulary")
     max_pos = _int(hf, "max_position_embeddings")
@@ -539,11 +592,13 @@ def _ban_tokens(params: dict[str, Any], gen: dict[str, Any], vocab_size: int) ->
     banned = []
     for seq in bad:
         if not (isinstance(seq, list) and len(seq) == 1 and isinstance(seq[0], int)):
-            raise ValueError(f"generation settings: unsupported bad_words_ids entry {seq!r} "
-                             "(only single tokens)")
+            raise ValueError(
+                f"generation settings: unsupported bad_words_ids entry {seq!r} (only single tokens)"
+            )
         if not 0 <= seq[0] < vocab_size:
-            raise ValueError(f"generation settings: bad_words_ids token {seq[0]} is outside "
-                             "the vocabulary")
+            raise ValueError(
+                f"generation settings: bad_words_ids token {seq[0]} is outside the vocabulary"
+            )
         banned.append(seq[0])
     if banned:
         bias = params["final_logits_bias"].copy()
@@ -556,14 +611,19 @@ def _check_tokenizer(tok: MarianTokenizer, cfg) -> None:
     sides = (("source", tok.source, cfg.vocab_size), ("target", tok.target, cfg.output_vocab_size))
     for side, t, size in sides:
         if t.vocab_size > size:
-            raise ValueError(f"{side} vocabulary has id {t.vocab_size - 1}, the model has only "
-                             f"{size} embeddings")
+            raise ValueError(
+                f"{side} vocabulary has id {t.vocab_size - 1}, the model has only {size} embeddings"
+            )
         if t.eos_id != cfg.eos_id:
-            raise ValueError(f"{side} vocabulary puts {t.eos_token} at {t.eos_id}, "
-                             f"config.json eos_token_id={cfg.eos_id}")
+            raise ValueError(
+                f"{side} vocabulary puts {t.eos_token} at {t.eos_id}, "
+                f"config.json eos_token_id={cfg.eos_id}"
+            )
         if t.pad_id != cfg.pad_id:
-            raise ValueError(f"{side} vocabulary puts {t.pad_token} at {t.pad_id}, "
-                             f"config.json pad_token_id={cfg.pad_id}")
+            raise ValueError(
+                f"{side} vocabulary puts {t.pad_token} at {t.pad_id}, "
+                f"config.json pad_token_id={cfg.pad_id}"
+            )
 
 
 def _run_config(cfg, gen: dict[str, Any], vocab_size: int):
@@ -577,8 +637,9 @@ def _run_config(cfg, gen: dict[str, Any], vocab_size: int):
     m.num_encoder_layers, m.num_decoder_layers = cfg.num_encoder_layers, cfg.num_decoder_layers
     m.dropout_rate, m.activation, m.norm_position = cfg.dropout_rate, cfg.activation, "post"
     m.layer_norm_eps, m.scale_embeddings = cfg.layer_norm_eps, cfg.scale_embeddings
-    m.share_embeddings, m.tie_output, m.attention_bias = (
-        cfg.share_embeddings, cfg.tie_output, True)
+    m.share_embeddings = cfg.share_embeddings
+    m.tie_output = cfg.tie_output
+    m.attention_bias = True
     m.position_layout, m.max_position = "halves", cfg.max_position
 
     beams = _int(gen, "num_beams", 1)
@@ -598,6 +659,14 @@ def _run_config(cfg, gen: dict[str, Any], vocab_size: int):
     run.decode.extra_length = max_decode_len  # no source-length-dependent cap
     validate(run)
     return run
+
+
+def _sizes(tree: dict[str, Any]):
+    for value in tree.values():
+        if isinstance(value, dict):
+            yield from _sizes(value)
+        else:
+            yield int(np.size(value))
 
 
 def import_marian(src_dir: str, workdir: str) -> dict[str, Any]:
@@ -621,6 +690,8 @@ def import_marian(src_dir: str, workdir: str) -> dict[str, Any]:
     weights = read_safetensors_dir(src_dir)
     tokenizer = MarianTokenizer.from_dir(src_dir)
     cfg, entries, ignored = marian_model_config(hf, weights, gen)
+    if "final_logits_bias" not in weights:  # optional in MarianMTModel checkpoints (zeros)
+        weights["final_logits_bias"] = np.zeros((1, cfg.output_vocab_size), np.float32)
     _check_tokenizer(tokenizer, cfg)
     params = _convert_weights(weights, entries, ignored, cfg)
     banned = _ban_tokens(params, gen, cfg.output_vocab_size)
@@ -642,12 +713,10 @@ def import_marian(src_dir: str, workdir: str) -> dict[str, Any]:
         ckpt.close()
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(run.to_dict(), f, indent=2)
-    import jax
-
     return {
         "workdir": os.path.abspath(workdir),
         "step": 0,
-        "num_params": int(sum(x.size for x in jax.tree.leaves(params))),
+        "num_params": sum(_sizes(params)),
         "model": config_to_json(cfg),
         "decode": dict(run.decode.to_dict()),
         "banned_tokens": banned,

@@ -62,6 +62,10 @@ class TransformerConfig:
         for key in ("num_encoder_layers", "num_decoder_layers"):
             if getattr(self, key) < 0:
                 bad(key, getattr(self, key), "must be >= 0")
+        if self.num_kv_heads is not None and self.num_kv_heads < 0:
+            bad("num_kv_heads", self.num_kv_heads, "must be positive (None or 0: num_heads)")
+        if self.head_dim is not None and self.head_dim <= 0:
+            bad("head_dim", self.head_dim, "must be positive (None: d_model // num_heads)")
         if self.head_dim is None and self.d_model % self.num_heads:
             bad("num_heads", self.num_heads, f"must divide d_model={self.d_model}")
         if self.num_heads % self.kv_heads:

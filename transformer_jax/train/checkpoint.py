@@ -20,6 +20,19 @@ class CheckpointError(ValueError):
     pass
 
 
+def _path_name(path) -> str:
+    """`opt_state/0/0/mu/...`: the same for a dataclass or namedtuple and its saved dict/list."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
 def checkpoint_dir(workdir: str, averaged: bool = False) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints_averaged" if averaged else "checkpoints")
 
@@ -35,7 +48,10 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             read_only=read_only,
         )
-        self.manager = ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+        # Handlers given up front, so a fresh manager can read the metadata of saved items.
+        handlers = {name: ocp.JsonCheckpointHandler() for name in ITEMS if name != "state"}
+        handlers["state"] = ocp.StandardCheckpointHandler()
+        self.manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -74,13 +90,13 @@ class Checkpointer:
         """Flattened "path -> shape" of the saved state, read from metadata only."""
         meta = self.manager.item_metadata(step)["state"]
         flat = jax.tree_util.tree_flatten_with_path(meta)[0]
-        return {jax.tree_util.keystr(p): tuple(getattr(v, "shape", ())) for p, v in flat}
+        return {_path_name(p): tuple(getattr(v, "shape", ())) for p, v in flat}
 
     def restore_state(self, step: int, abstract_state):
         """Restores onto the shardings carried by `abstract_state` (any mesh)."""
         saved = self.state_shapes(step)
         wanted = {
-            jax.tree_util.keystr(p): tuple(v.shape)
+            _path_name(p): tuple(v.shape)
             for p, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
         }
         for path, shape in wanted.items():

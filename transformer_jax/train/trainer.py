@@ -384,6 +384,8 @@ def average_checkpoints(workdir: str, last: int) -> dict[str, Any]:
     avg = jax.tree.map(lambda t, x: (t / len(chosen)).astype(np.asarray(x).dtype), total,
                        newest["params"])
     out = Checkpointer(checkpoint_dir(workdir, averaged=True), keep=3, async_save=False)
+    if chosen[-1] in out.all_steps():  # an earlier average of the same step (another --last)
+        out.manager.delete(chosen[-1])
     out.save(chosen[-1], state=dict(newest, params=avg), data=meta["data"], config=meta["config"],
              model=meta["model"], tokenizer=meta["tokenizer"], force=True)
     out.close()

@@ -1,0 +1,105 @@
+"""A tiny run config for end-to-end tests, derived from configs/translate_tiny.py."""
+
+from __future__ import annotations
+
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+TINY_CONFIG = os.path.join(CONFIGS, "translate_tiny.py")
+
+
+def tiny_overrides(data_dir: str, **extra) -> list[str]:
+    """`key=value` overrides that shrink translate_tiny to a seconds-long run.
+
+    16 rows of 32 tokens per batch (a multiple of the 8 test devices).
+    """
+    values = {
+        "data.name": "en_es_grammar/tiny",
+        "data.data_dir": data_dir,
+        "data.max_length": 32,
+        "data.tokens_per_batch": 512,
+        "data.eval_tokens_per_batch": 512,
+        "tokenizer.vocab_size": 200,
+        "model.d_model": 32,
+        "model.num_heads": 2,
+        "model.d_ff": 64,
+        "model.num_encoder_layers": 1,
+        "model.num_decoder_layers": 1,
+        "optimizer.lr_scale": 2.0,
+        "optimizer.warmup_steps": 20,
+        "train.num_steps": 8,
+        "train.log_every": 1,
+        "train.eval_every": 1000,
+        "train.eval_batches": 1,
+        "train.checkpoint_every": 2,
+        "train.keep_checkpoints": 10,
+        "train.progress": False,
+        "decode.max_decode_len": 40,
+        "decode.bleu_examples": 16,
+        "decode.beam_size": 2,
+        "decode.batch_size": 16,
+    }
+    values.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def tiny_config(data_dir: str, **extra):
+    """The tiny run config; `extra` uses `group__key=value` for `group.key`."""
+    from transformer_jax.config import load_config
+
+    return load_config(TINY_CONFIG, tiny_overrides(data_dir, **extra))
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def train_losses(workdir: str) -> dict[int, float]:
+    """step -> train/loss from metrics.jsonl (a later row for a step wins)."""
+    return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
+
+
+def prepared_data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir holding en_es_grammar/tiny, generated once per test session."""
+    from transformer_jax.data import catalog
+
+    path = tmp_path_factory.getbasetemp() / "tfds"
+    if not (path / ".ready").exists():
+        catalog.prepare("en_es_grammar/tiny", str(path))
+        (path / ".ready").touch()
+    return str(path)
+
+
+TRAINED_STEPS = 24
+
+
+def trained_workdir(tmp_path_factory) -> str:
+    """A workdir trained once per session: 24 steps, a checkpoint every 4, the last 3 kept.
+
+    Shared by several test modules; tests may add files (evals, averages) but must
+    not change its training checkpoints.
+    """
+    from transformer_jax.train.trainer import train_and_evaluate
+
+    path = tmp_path_factory.getbasetemp() / "trained"
+    done = path / "trained.json"
+    if not done.exists():
+        import shutil
+        import time
+
+        shutil.rmtree(path, ignore_errors=True)
+        cfg = tiny_config(
+            prepared_data_dir(tmp_path_factory),
+            train__num_steps=TRAINED_STEPS,
+            train__checkpoint_every=4,
+            train__keep_checkpoints=3,
+        )
+        start = time.perf_counter()
+        result = train_and_evaluate(cfg, str(path))
+        elapsed = time.perf_counter() - start
+        result = {k: v for k, v in result.items() if k != "examples"}
+        done.write_text(json.dumps({"seconds": elapsed, "result": result}))
+    return str(path)

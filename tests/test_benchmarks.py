@@ -1,0 +1,69 @@
+"""The CPU benchmark runner end to end at minuscule shapes (no timing assertions)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("torch")
+
+from benchmarks import run  # noqa: E402
+
+MICRO = run.Shape(
+    name="micro",
+    vocab=40,
+    d_model=16,
+    heads=2,
+    d_ff=32,
+    enc_layers=1,
+    dec_layers=1,
+    batch=2,
+    src_len=6,
+    tgt_len=5,
+    decode_batch=2,
+    decode_src_len=6,
+    decode_len=4,
+)
+ONCE = run.Timing(windows=1, steps_per_window=1, warmup_steps=0, decode_windows=1, decode_warmup=0)
+
+
+def _positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_run_shape_reports_both_sides(tmp_path):
+    # Greedy only: a beam-search compile would add seconds; --quick covers beam 4.
+    result = run.run_shape(MICRO, ONCE, beams=(1,), log=lambda _: None)
+
+    train = result["train"]
+    for side in ("ours", "torch"):
+        row = train[side]
+        assert _positive(row["tokens_per_s"]), (side, row)
+        assert row["tokens_per_window"] == MICRO.batch * (MICRO.src_len + MICRO.tgt_len)
+        assert row["loss_finite"], (side, row)
+        assert row["params"] > 0
+    assert _positive(train["ratio_ours_over_torch"])
+
+    decoders = [d["label"] for d in result["decode"]]
+    assert len(decoders) == 2, decoders
+    assert decoders[0].startswith("ours greedy") and decoders[1].startswith("torch greedy")
+    for row in result["decode"]:
+        assert _positive(row["tokens_per_s"]), row
+        assert row["tokens_per_window"] == MICRO.decode_batch * MICRO.decode_len
+        assert row["output_shape"] == [MICRO.decode_batch, MICRO.decode_len], row
+        assert _positive(row["ratio_vs_torch_greedy"])
+
+    report = {
+        "date": "2000-01-01",
+        "timestamp": "2000-01-01T00:00:00",
+        "quick": True,
+        "machine": run.machine_info(),
+        "load_average_end": None,
+        "wall_s": 1.0,
+        "results": [result],
+    }
+    table = run.render_markdown(report)
+    assert "| micro |" in table and "ours/torch" in table
+    json_path, md_path = run.write_report(report, table, str(tmp_path))
+    assert json_path.endswith("cpu_2000-01-01_quick.json") and md_path.endswith("cpu_quick.md")

@@ -1,0 +1,241 @@
+"""transformer_jax.train.distributed: real multi-process runs on localhost (CPU)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from transformer_jax.train import distributed
+
+REPO = Path(__file__).resolve().parent.parent
+
+WORKER = textwrap.dedent(
+    """
+    import numpy as np
+    from transformer_jax.train import distributed
+
+    distributed.initialize()
+    distributed.initialize()  # a second call is a no-op
+
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    pid = jax.process_index()
+    local = (np.arange(4, dtype=np.float32) + 100 * pid).reshape(2, 2)
+    x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
+    total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x)
+    print(
+        f"RESULT pid={pid} n={jax.process_count()} devices={jax.device_count()} "
+        f"local={jax.local_device_count()} shape={x.shape} multihost={distributed.is_multihost()} "
+        f"sum={float(total)}"
+    )
+    print("DESCRIBE", distributed.describe())
+    """
+)
+
+FAILING = textwrap.dedent(
+    """
+    import sys
+    from transformer_jax.train import distributed
+
+    try:
+        distributed.initialize(timeout_s=5)
+    except RuntimeError as e:
+        print(f"ERROR {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(3)
+    print("UNEXPECTED: initialized")
+    """
+)
+
+DIST_ENV = (
+    "TJAX_COORDINATOR",
+    "TJAX_NUM_PROCESSES",
+    "TJAX_PROCESS_ID",
+    "TJAX_INIT_TIMEOUT",
+    "TJAX_DISTRIBUTED",
+    "SLURM_JOB_ID",
+    "SLURM_NTASKS",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """The module as if initialize() had never run, with no job settings in the env."""
+    for name in DIST_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(distributed, "_mode", None)
+    return distributed
+
+
+def test_two_processes_compute_a_global_sum():
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER],
+            env=proc_env(
+                TJAX_COORDINATOR=f"127.0.0.1:{port}",
+                TJAX_NUM_PROCESSES="2",
+                TJAX_PROCESS_ID=str(i),
+                TJAX_INIT_TIMEOUT="60",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=90)
+            outs.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    # rows 0..3 of process 0 and 100..103 of process 1
+    expected = float(sum(range(4)) + sum(range(100, 104)))
+    for i, (rc, out, err) in enumerate(outs):
+        assert rc == 0, f"process {i} failed:\n{out}\n{err[-3000:]}"
+        result = next(line for line in out.splitlines() if line.startswith("RESULT"))
+        assert f"pid={i} n=2 devices=4 local=2 shape=(4, 2) multihost=True" in result
+        assert f"sum={expected}" in result
+        assert f"DESCRIBE process {i} of 2: 2 local / 4 global cpu devices" in out
+
+
+def _run_failing(process_id: int) -> tuple[subprocess.CompletedProcess, float, int]:
+    port = free_port()  # nothing listens there
+    env = proc_env(
+        TJAX_COORDINATOR=f"127.0.0.1:{port}",
+        TJAX_NUM_PROCESSES="2",
+        TJAX_PROCESS_ID=str(process_id),
+    )
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", FAILING], env=env, capture_output=True, text=True, timeout=30
+    )
+    return proc, time.monotonic() - start, port
+
+
+def _assert_one_line_error(proc, port: int) -> str:
+    assert proc.returncode == 3, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines, proc.stderr
+    assert len([line for line in lines if line.startswith("ERROR")]) == 1
+    assert "Check failure" not in proc.stderr and "Traceback" not in proc.stderr
+    line = next(line for line in lines if line.startswith("ERROR"))
+    assert line.startswith("ERROR DistributedInitError: ")
+    assert f"127.0.0.1:{port}" in line
+    assert "5s" in line
+    return line
+
+
+def test_unreachable_coordinator_is_a_one_line_error():
+    proc, elapsed, port = _run_failing(process_id=1)
+    line = _assert_one_line_error(proc, port)
+    assert "process 1/2" in line
+    assert elapsed < 30
+
+
+def test_coordinator_without_peers_is_a_one_line_error():
+    proc, elapsed, port = _run_failing(process_id=0)
+    line = _assert_one_line_error(proc, port)
+    assert "process 0/2" in line and "missing process ids [1]" in line
+    assert elapsed < 30
+
+
+def test_single_process_does_nothing(fresh):
+    fresh.initialize()
+    fresh.initialize()
+    assert fresh._mode == "single"
+    import jax
+
+    assert not jax.distributed.is_initialized()
+    assert not fresh.is_multihost()
+    assert fresh.describe().startswith("process 0 of 1: ")
+
+
+def test_slurm_batch_step_without_srun_stays_single(fresh, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    for name in ("SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    fresh.initialize()
+    assert fresh._mode == "single"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"TJAX_COORDINATOR": "127.0.0.1:1234"}, "TJAX_NUM_PROCESSES, TJAX_PROCESS_ID"),
+        (
+            {"TJAX_COORDINATOR": "127.0.0.1:1", "TJAX_NUM_PROCESSES": "2", "TJAX_PROCESS_ID": "2"},
+            "out of range",
+        ),
+        (
+            {"TJAX_COORDINATOR": "localhost", "TJAX_NUM_PROCESSES": "2", "TJAX_PROCESS_ID": "0"},
+            "host:port",
+        ),
+        ({"TJAX_NUM_PROCESSES": "two"}, "not an integer"),
+    ],
+)
+def test_bad_settings_are_value_errors(fresh, monkeypatch, env, message):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=message):
+        fresh.initialize()
+    assert fresh._mode is None
+
+
+def test_rendezvous_meets_and_rejects_a_wrong_process_count():
+    port = free_port()
+    errors: dict[int, BaseException] = {}
+
+    def go(pid: int, n: int) -> None:
+        try:
+            distributed._rendezvous(f"127.0.0.1:{port}", n, pid, timeout_s=10)
+        except BaseException as e:  # noqa: B036 - reported to the main thread
+            errors[pid] = e
+
+    threads = [threading.Thread(target=go, args=(pid, 3)) for pid in (2, 0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert not errors, errors
+
+    port = free_port()
+    coordinator = threading.Thread(target=go, args=(0, 2))
+    coordinator.start()
+    with pytest.raises(distributed.DistributedInitError, match="expects 2 processes"):
+        distributed._rendezvous(f"127.0.0.1:{port}", 3, 1, timeout_s=1.5)
+    coordinator.join(timeout=20)
+    assert isinstance(errors.get(0), distributed.DistributedInitError)
