@@ -48,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", "-n", type=int, required=True, help="number of hosts")
     p.add_argument("--config", required=True, help="config file, e.g. configs/translate_tiny.py")
     p.add_argument("--workdir", required=True, help="shared working directory")
-    p.add_argument(
-        "--devices-per-process", type=int, default=1, help="fake CPU devices per host"
-    )
+    p.add_argument("--devices-per-process", type=int, default=1, help="fake CPU devices per host")
     p.add_argument("--port", type=int, default=None, help="coordinator port (default: a free one)")
     p.add_argument("--timeout", type=int, default=None, help="seconds to wait for all hosts")
     p.add_argument("--tjax", default=None, help="the tjax executable (default: found on PATH)")

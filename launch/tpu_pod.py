@@ -137,8 +137,7 @@ def train_script(args, extra: list[str]) -> str:
     train = shlex.join(["train", "--config", args.config, "--workdir", args.workdir, *extra])
     log = _remote_path(args.log)
     return (
-        f"cd {REMOTE_DIR} && "
-        f"setsid nohup {REMOTE_VENV}/bin/tjax {train} > {log} 2>&1 < /dev/null &"
+        f"cd {REMOTE_DIR} && setsid nohup {REMOTE_VENV}/bin/tjax {train} > {log} 2>&1 < /dev/null &"
     )
 
 
@@ -194,12 +193,17 @@ def main(argv: list[str] | None = None) -> int:
             return rc
     if args.command == "run":
         print(
-            f"training started on all workers; follow it with:\n  "
+            "training started on all workers; follow it with:\n  "
             + shlex.join(
                 [
                     sys.argv[0] if argv is None else "launch/tpu_pod.py",
-                    "ssh", "--name", args.name, "--zone", args.zone,
-                    "--command", f"tail -f {args.log}",
+                    "ssh",
+                    "--name",
+                    args.name,
+                    "--zone",
+                    args.zone,
+                    "--command",
+                    f"tail -f {args.log}",
                 ]
             )  # fmt: skip
         )

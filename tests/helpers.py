@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -62,6 +65,42 @@ def train_losses(workdir: str) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
 
 
+@contextlib.contextmanager
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA cache shared by this session's training runs, off again afterwards.
+
+    Repeated runs of one config compile the same programs; reading them back keeps
+    the end-to-end tests fast without changing what they run.
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    old = {name: getattr(jax.config, name) for name in names}
+    jax.config.update(names[0], str(tmp_path_factory.getbasetemp() / "jax_cache"))
+    jax.config.update(names[1], 0.0)
+    jax.config.update(names[2], 0)
+    cc.reset_cache()
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            jax.config.update(name, value)
+        cc.reset_cache()
+
+
+def train(cfg, workdir: str, tmp_path_factory) -> dict:
+    """`train_and_evaluate` with the session's compilation cache."""
+    from transformer_jax.train.trainer import train_and_evaluate
+
+    with compilation_cache(tmp_path_factory):
+        return train_and_evaluate(cfg, workdir)
+
+
 def prepared_data_dir(tmp_path_factory) -> str:
     """A TFDS data dir holding en_es_grammar/tiny, generated once per test session."""
     from transformer_jax.data import catalog
@@ -82,14 +121,9 @@ def trained_workdir(tmp_path_factory) -> str:
     Shared by several test modules; tests may add files (evals, averages) but must
     not change its training checkpoints.
     """
-    from transformer_jax.train.trainer import train_and_evaluate
-
     path = tmp_path_factory.getbasetemp() / "trained"
     done = path / "trained.json"
     if not done.exists():
-        import shutil
-        import time
-
         shutil.rmtree(path, ignore_errors=True)
         cfg = tiny_config(
             prepared_data_dir(tmp_path_factory),
@@ -98,7 +132,7 @@ def trained_workdir(tmp_path_factory) -> str:
             train__keep_checkpoints=3,
         )
         start = time.perf_counter()
-        result = train_and_evaluate(cfg, str(path))
+        result = train(cfg, str(path), tmp_path_factory)
         elapsed = time.perf_counter() - start
         result = {k: v for k, v in result.items() if k != "examples"}
         done.write_text(json.dumps({"seconds": elapsed, "result": result}))

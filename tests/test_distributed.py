@@ -219,9 +219,9 @@ def test_rendezvous_meets_and_rejects_a_wrong_process_count():
     port = free_port()
     errors: dict[int, BaseException] = {}
 
-    def go(pid: int, n: int) -> None:
+    def go(pid: int, n: int, timeout_s: float = 10) -> None:
         try:
-            distributed._rendezvous(f"127.0.0.1:{port}", n, pid, timeout_s=10)
+            distributed._rendezvous(f"127.0.0.1:{port}", n, pid, timeout_s=timeout_s)
         except BaseException as e:  # noqa: B036 - reported to the main thread
             errors[pid] = e
 
@@ -233,9 +233,22 @@ def test_rendezvous_meets_and_rejects_a_wrong_process_count():
     assert not errors, errors
 
     port = free_port()
-    coordinator = threading.Thread(target=go, args=(0, 2))
+    coordinator = threading.Thread(target=go, args=(0, 2, 2.0))
     coordinator.start()
     with pytest.raises(distributed.DistributedInitError, match="expects 2 processes"):
         distributed._rendezvous(f"127.0.0.1:{port}", 3, 1, timeout_s=1.5)
     coordinator.join(timeout=20)
     assert isinstance(errors.get(0), distributed.DistributedInitError)
+
+
+def test_initialize_after_jax_has_started_is_refused(fresh, monkeypatch):
+    import jax
+
+    jax.devices()  # the backend exists from here on
+    monkeypatch.setenv("TJAX_COORDINATOR", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("TJAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("TJAX_PROCESS_ID", "1")
+    start = time.monotonic()
+    with pytest.raises(distributed.DistributedInitError, match="before any JAX computation"):
+        fresh.initialize(timeout_s=30)
+    assert time.monotonic() - start < 5

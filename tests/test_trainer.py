@@ -10,17 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import TRAINED_STEPS, prepared_data_dir, tiny_config, train_losses, trained_workdir
+from helpers import (
+    TRAINED_STEPS,
+    prepared_data_dir,
+    tiny_config,
+    train,
+    train_losses,
+    trained_workdir,
+)
 
 from transformer_jax.train.checkpoint import ITEMS, CheckpointError
 from transformer_jax.train.losses import smoothed_cross_entropy
 from transformer_jax.train.optim import make_schedule, rsqrt_schedule
 from transformer_jax.train.restore import open_checkpoints
-from transformer_jax.train.trainer import (
-    average_checkpoints,
-    evaluate_checkpoint,
-    train_and_evaluate,
-)
+from transformer_jax.train.trainer import average_checkpoints, evaluate_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +68,7 @@ def file_snapshot(directory: str) -> dict[str, tuple[int, int]]:
 def uninterrupted(data_dir, tmp_path_factory):
     """Run A: 8 steps in one go, a checkpoint every 2 steps, loss logged every step."""
     workdir = str(tmp_path_factory.mktemp("run_a"))
-    train_and_evaluate(tiny_config(data_dir), workdir)
+    train(tiny_config(data_dir), workdir, tmp_path_factory)
     return workdir
 
 
@@ -73,11 +76,13 @@ def uninterrupted(data_dir, tmp_path_factory):
 def four_steps(data_dir, tmp_path_factory):
     """Run B's first half: the same config stopped at step 4."""
     workdir = str(tmp_path_factory.mktemp("run_b"))
-    train_and_evaluate(tiny_config(data_dir, train__num_steps=4), workdir)
+    train(tiny_config(data_dir, train__num_steps=4), workdir, tmp_path_factory)
     return workdir
 
 
-def test_resume_continues_on_the_exact_next_batch(data_dir, uninterrupted, four_steps):
+def test_resume_continues_on_the_exact_next_batch(
+    data_dir, uninterrupted, four_steps, tmp_path_factory
+):
     losses_a = train_losses(uninterrupted)
     assert sorted(losses_a) == list(range(1, 9))
     workdir = four_steps
@@ -85,7 +90,7 @@ def test_resume_continues_on_the_exact_next_batch(data_dir, uninterrupted, four_
     first_half = train_losses(workdir)
     assert sorted(first_half) == [1, 2, 3, 4]
 
-    train_and_evaluate(tiny_config(data_dir, train__num_steps=8), workdir)
+    train(tiny_config(data_dir, train__num_steps=8), workdir, tmp_path_factory)
 
     losses_b = train_losses(workdir)
     assert sorted(losses_b) == list(range(1, 9))
@@ -103,8 +108,10 @@ def test_resume_continues_on_the_exact_next_batch(data_dir, uninterrupted, four_
     assert any(not np.array_equal(params_4[k], params_b[k]) for k in params_b)
 
 
-def test_two_fresh_runs_are_identical(data_dir, four_steps, uninterrupted, tmp_path):
-    train_and_evaluate(tiny_config(data_dir, train__num_steps=4), str(tmp_path))
+def test_two_fresh_runs_are_identical(
+    data_dir, four_steps, uninterrupted, tmp_path, tmp_path_factory
+):
+    train(tiny_config(data_dir, train__num_steps=4), str(tmp_path), tmp_path_factory)
     again = train_losses(str(tmp_path))
     # `four_steps` may already hold the resumed steps 5..8; compare the fresh part.
     reference = {s: v for s, v in train_losses(four_steps).items() if s <= 4}
@@ -196,14 +203,14 @@ def test_evaluate_checkpoint_writes_json(trained):
     assert len(saved["examples"]) == 5
 
 
-def test_different_model_size_is_refused(trained, data_dir, tmp_path):
+def test_different_model_size_is_refused(trained, data_dir, tmp_path, tmp_path_factory):
     workdir = str(tmp_path / "copy")
     shutil.copytree(trained, workdir)
     before_steps = steps_of(workdir)
     before = file_snapshot(workdir)
     cfg = tiny_config(data_dir, model__d_model=64, train__num_steps=TRAINED_STEPS + 4)
     with pytest.raises(CheckpointError, match="different model") as e:
-        train_and_evaluate(cfg, workdir)
+        train(cfg, workdir, tmp_path_factory)
     assert "d_model: checkpoint 32 vs config 64" in str(e.value)
     assert "\n" not in str(e.value)
     assert steps_of(workdir) == before_steps

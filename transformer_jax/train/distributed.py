@@ -12,7 +12,8 @@
 * otherwise (one process, nothing set): nothing happens.
 
 ``TJAX_DISTRIBUTED=0`` turns the automatic (TPU / SLURM) detection off.
-``TJAX_INIT_TIMEOUT`` overrides the connection timeout in seconds.
+``TJAX_INIT_TIMEOUT``, when set, overrides ``timeout_s`` (seconds to wait for
+the other processes).
 
 With explicit settings, the processes first meet at the coordinator's port
 over plain TCP before JAX's own runtime starts. The runtime aborts the whole
@@ -278,7 +279,7 @@ def _rendezvous_join(
 # --------------------------------------------------------------------------- initialize
 
 
-def _call_jax_initialize(kwargs: dict, where: str, who: str, timeout_s: int) -> None:
+def _require_fresh_backend() -> None:
     from jax._src import xla_bridge
 
     if xla_bridge.backends_are_initialized():
@@ -286,6 +287,10 @@ def _call_jax_initialize(kwargs: dict, where: str, who: str, timeout_s: int) -> 
             "distributed.initialize() must run before any JAX computation or device query "
             "(the backend is already initialized)"
         )
+
+
+def _call_jax_initialize(kwargs: dict, where: str, who: str, timeout_s: int) -> None:
+    _require_fresh_backend()
     try:
         jax.distributed.initialize(initialization_timeout=timeout_s, **kwargs)
     except (ValueError, TypeError):
@@ -348,6 +353,7 @@ def initialize(
                 f"process id {process_id} is out of range for {num_processes} processes"
             )
         who = f"process {process_id}/{num_processes}"
+        _require_fresh_backend()
         if num_processes > 1:
             _rendezvous(coordinator_address, num_processes, process_id, timeout_s)
         _use_cpu_collectives()
