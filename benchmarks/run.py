@@ -117,7 +117,7 @@ FULL_PLAN = (
     ),
     (
         BASE,
-        Timing(windows=3, steps_per_window=1, warmup_steps=1, decode_windows=3, decode_warmup=0),
+        Timing(windows=5, steps_per_window=1, warmup_steps=1, decode_windows=4, decode_warmup=0),
     ),
 )
 QUICK_PLAN = (
@@ -240,6 +240,7 @@ def _interleave(benches: Sequence[_Bench], windows: int, log: Callable[[str], No
                 median_window_s=med,
                 tokens_per_window=b.work_per_window,
                 tokens_per_s=b.work_per_window / med,
+                tokens_per_s_range=[b.work_per_window / max(ts), b.work_per_window / min(ts)],
             )
         )
     return out
@@ -653,6 +654,11 @@ def _fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
 
 
+def _fmt_range(row: dict[str, Any]) -> str:
+    lo, hi = row["tokens_per_s_range"]
+    return f"{_fmt_rate(lo)}-{_fmt_rate(hi)}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -673,8 +679,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Training throughput (source + target tokens/s, median of timed windows)",
         "",
         "| shape | params ours / torch | batch (rows x src+tgt) | windows x steps | ours tok/s "
-        "| torch tok/s | ours/torch | ours ms/step | torch ms/step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| torch tok/s | ours/torch | ours ms/step | torch ms/step | ours range | torch range |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         s, t, tr = r["shape"], r["timing"], r["train"]
@@ -689,6 +695,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{tr['ratio_ours_over_torch']:.2f}x" if peer else "n/a",
             f"{ours['ms_per_step']:.1f}",
             f"{peer['ms_per_step']:.1f}" if peer else "n/a",
+            _fmt_range(ours),
+            _fmt_range(peer) if peer else "n/a",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -700,8 +708,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "(for beam 4: the returned best hypothesis per row, not the 4x beam work).",
         "",
         "| shape | decoder | batch | src len | max_decode_len | tokens counted | calls "
-        "| tok/s | ms/call | vs torch greedy |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| tok/s | range | ms/call | vs torch greedy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         for d in r["decode"]:
@@ -715,6 +723,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 str(d["tokens_per_window"]),
                 str(len(d["window_s"])),
                 _fmt_rate(d["tokens_per_s"]),
+                _fmt_range(d),
                 f"{d['ms_per_call']:.1f}",
                 f"{ratio:.2f}x" if ratio is not None else "n/a",
             ]
@@ -739,6 +748,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "which is what nn.Transformer users do. There is no torch beam-search peer.",
         "- Training batches are full (unpadded) random token ids, reused every step; host "
         "data loading is measured on neither side.",
+        "- range: slowest and fastest timed window, in tok/s.",
+        "- OMP_WAIT_POLICY=PASSIVE is set for torch unless the environment sets it: with "
+        "OpenMP's default busy-waiting, torch's parallel regions stall whenever another "
+        "process holds a core, which made torch several times slower on a shared machine. "
+        "XLA's thread pool needs no such setting.",
     ]
     return "\n".join(lines) + "\n"
 

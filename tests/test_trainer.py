@@ -137,8 +137,11 @@ def test_logged_learning_rate_follows_the_schedule(trained):
     cfg = json.load(open(os.path.join(trained, "config.json")))
     d, warmup = cfg["model"]["d_model"], cfg["optimizer"]["warmup_steps"]
     scale = cfg["optimizer"]["lr_scale"]
-    rows = [r for r in map(json.loads, open(os.path.join(trained, "metrics.jsonl")))
-            if "train/learning_rate" in r]
+    rows = [
+        r
+        for r in map(json.loads, open(os.path.join(trained, "metrics.jsonl")))
+        if "train/learning_rate" in r
+    ]
     assert len(rows) == TRAINED_STEPS
     for r in rows:
         step = r["step"]
@@ -240,8 +243,10 @@ def test_label_smoothing_matches_numpy(eps):
     targets = rng.integers(0, 11, size=(3, 5))
     weights = (rng.random((3, 5)) > 0.3).astype(np.float64)
     loss, nll, w, correct = smoothed_cross_entropy(
-        jnp.asarray(logits, jnp.float32), jnp.asarray(targets, jnp.int32),
-        jnp.asarray(weights, jnp.float32), eps,
+        jnp.asarray(logits, jnp.float32),
+        jnp.asarray(targets, jnp.int32),
+        jnp.asarray(weights, jnp.float32),
+        eps,
     )
     want_loss, want_nll = smoothed_reference(logits, targets, weights, eps)
     assert float(loss) == pytest.approx(want_loss, rel=1e-5)
@@ -255,8 +260,10 @@ def test_smoothed_loss_is_zero_for_the_smoothed_target():
     q = np.full((1, 1, V), eps / (V - 1))
     q[0, 0, 2] = 1 - eps
     loss, nll, _, _ = smoothed_cross_entropy(
-        jnp.asarray(np.log(q), jnp.float32), jnp.asarray([[2]], jnp.int32),
-        jnp.ones((1, 1), jnp.float32), eps,
+        jnp.asarray(np.log(q), jnp.float32),
+        jnp.asarray([[2]], jnp.int32),
+        jnp.ones((1, 1), jnp.float32),
+        eps,
     )
     assert abs(float(loss)) < 1e-5
     assert float(nll) == pytest.approx(-np.log(1 - eps), rel=1e-5)

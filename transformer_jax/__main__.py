@@ -110,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--loss-batches", type=int, default=0, help="0 = the whole split")
     e.set_defaults(fn=cmd_eval)
 
-    tr = sub.add_parser("translate", help="translate arguments, or stdin lines (batched)")
+    tr = sub.add_parser(
+        "translate", help="translate arguments, or stdin lines (batched)",
+        description="Prints one line per input line, in order; an empty line gives an empty "
+        "line. Inputs longer than the run's data.max_length tokens are truncated to it.",
+    )
     tr.add_argument("--workdir", required=True)
     tr.add_argument("text", nargs="*", help="sentences; none = read lines from stdin")
     tr.add_argument("--step", type=int, default=None)
