@@ -45,8 +45,13 @@ def cmd_eval(args, extra) -> int:
     from transformer_jax.train.trainer import evaluate_checkpoint
 
     out = evaluate_checkpoint(
-        args.workdir, split=args.split, step=args.step, averaged=args.averaged,
-        overrides=_overrides(extra), limit=args.limit, loss_batches=args.loss_batches,
+        args.workdir,
+        split=args.split,
+        step=args.step,
+        averaged=args.averaged,
+        overrides=_overrides(extra),
+        limit=args.limit,
+        loss_batches=args.loss_batches,
     )
     print(json.dumps({k: v for k, v in out.items() if k != "examples"}, ensure_ascii=False))
     return 0
@@ -91,8 +96,9 @@ def cmd_import_hf(args, extra) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tjax", description="transformer_jax: train, evaluate and "
-                                "serve Transformer models.")
+    p = argparse.ArgumentParser(
+        prog="tjax", description="transformer_jax: train, evaluate and serve Transformer models."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or resume) a model", epilog=EPILOG)
@@ -100,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics, logs")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="loss and BLEU of a checkpoint on a split (JSON)",
-                       epilog=EPILOG)
+    e = sub.add_parser(
+        "eval", help="loss and BLEU of a checkpoint on a split (JSON)", epilog=EPILOG
+    )
     e.add_argument("--workdir", required=True)
     e.add_argument("--split", default=None, help="default: the config's test split")
     e.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
@@ -111,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_eval)
 
     tr = sub.add_parser(
-        "translate", help="translate arguments, or stdin lines (batched)",
+        "translate",
+        help="translate arguments, or stdin lines (batched)",
         description="Prints one line per input line, in order; an empty line gives an empty "
         "line. Inputs longer than the run's data.max_length tokens are truncated to it.",
     )
@@ -129,8 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(fn=cmd_average)
 
     h = sub.add_parser("import-hf", help="import a Hugging Face MarianMT folder (safetensors)")
-    h.add_argument("--from", dest="src", required=True, help="folder with config.json, "
-                   "model.safetensors, vocab.json, source.spm, target.spm")
+    h.add_argument(
+        "--from",
+        dest="src",
+        required=True,
+        help="folder with config.json, model.safetensors, vocab.json, source.spm, target.spm",
+    )
     h.add_argument("--to", dest="dst", required=True, help="workdir to create")
     h.set_defaults(fn=cmd_import_hf)
     return p

@@ -105,7 +105,9 @@ def translation_base() -> ml_collections.ConfigDict:
     return c
 
 
-def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+def load_config(
+    path: str, overrides: list[str] | tuple[str, ...] = ()
+) -> ml_collections.ConfigDict:
     """Runs `get_config()` of a config file, locks it and applies `key=value` overrides."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
@@ -177,9 +179,7 @@ def _convert(key: str, old: Any, raw: Any) -> Any:
             return text
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise ConfigError(
-            f"config key '{key}' expects {type(old).__name__}, got {raw!r}"
-        ) from None
+        raise ConfigError(f"config key '{key}' expects {type(old).__name__}, got {raw!r}") from None
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
@@ -194,26 +194,41 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
     need(cfg.task in ("translation",), "task", "unknown task (choose 'translation')")
     need(cfg.data.max_length > 1, "data.max_length", "must be > 1")
-    need(cfg.data.tokens_per_batch >= cfg.data.max_length, "data.tokens_per_batch",
-         f"must be >= data.max_length={cfg.data.max_length}")
+    need(
+        cfg.data.tokens_per_batch >= cfg.data.max_length,
+        "data.tokens_per_batch",
+        f"must be >= data.max_length={cfg.data.max_length}",
+    )
     need(cfg.data.batching in ("pack", "bucket"), "data.batching", "choose 'pack' or 'bucket'")
     need(cfg.tokenizer.vocab_size >= 8, "tokenizer.vocab_size", "must be >= 8")
     need(cfg.optimizer.lr_scale > 0, "optimizer.lr_scale", "must be positive")
     need(cfg.optimizer.warmup_steps >= 1, "optimizer.warmup_steps", "must be >= 1")
-    need(cfg.optimizer.schedule in ("rsqrt", "constant"), "optimizer.schedule",
-         "choose 'rsqrt' or 'constant'")
+    need(
+        cfg.optimizer.schedule in ("rsqrt", "constant"),
+        "optimizer.schedule",
+        "choose 'rsqrt' or 'constant'",
+    )
     need(cfg.train.num_steps >= 0, "train.num_steps", "must be >= 0")
     need(0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         need(cfg.train[key] >= 1, f"train.{key}", "must be >= 1")
     need(cfg.decode.beam_size >= 1, "decode.beam_size", "must be >= 1")
     need(cfg.decode.max_decode_len >= 1, "decode.max_decode_len", "must be >= 1")
-    need(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
-         "choose float32, bfloat16 or float16")
+    need(
+        cfg.model.dtype in ("float32", "bfloat16", "float16"),
+        "model.dtype",
+        "choose float32, bfloat16 or float16",
+    )
 
 
-def model_config(cfg: ml_collections.ConfigDict, *, vocab_size: int, pad_id: int, eos_id: int,
-                 decoder_start_id: int) -> TransformerConfig:
+def model_config(
+    cfg: ml_collections.ConfigDict,
+    *,
+    vocab_size: int,
+    pad_id: int,
+    eos_id: int,
+    decoder_start_id: int,
+) -> TransformerConfig:
     """The one place where the run config becomes the typed model config."""
     m = cfg.model
     try:

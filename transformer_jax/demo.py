@@ -1,6 +1,6 @@
 """`make demo`: train the tiny translation model, score it, translate a few sentences.
 
-    python -m transformer_jax.demo --workdir runs/demo
+python -m transformer_jax.demo --workdir runs/demo
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ EXAMPLES = [
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--workdir", default="runs/demo")
-    p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs",
-                                                    "translate_tiny.py"))
+    p.add_argument(
+        "--config",
+        default=os.path.join(os.path.dirname(__file__), "..", "configs", "translate_tiny.py"),
+    )
     args, extra = p.parse_known_args(argv)
 
     from transformer_jax.__main__ import _overrides
@@ -38,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     t2 = time.perf_counter()
     translator = TranslationPipeline.from_workdir(args.workdir)
     print()
-    print(f"test BLEU (sacreBLEU, detokenized, {cfg.data.test_split} split): "
-          f"{result[cfg.data.test_split + '/bleu']:.2f}")
+    print(
+        f"test BLEU (sacreBLEU, detokenized, {cfg.data.test_split} split): "
+        f"{result[cfg.data.test_split + '/bleu']:.2f}"
+    )
     print(f"train {t1 - t0:.0f}s, test eval {t2 - t1:.0f}s")
     for src, out in zip(EXAMPLES, translator(EXAMPLES)):
         print(f"  {src}  ->  {out['translation_text']}")

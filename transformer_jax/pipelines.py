@@ -1,8 +1,8 @@
 """User-facing pipelines. Outputs follow the Hugging Face pipeline shapes.
 
-    translator = TranslationPipeline.from_workdir("runs/tiny")
-    translator(["The cat sleeps on the couch."])
-    # [{'translation_text': 'El gato duerme en el sofá.'}]
+translator = TranslationPipeline.from_workdir("runs/tiny")
+translator(["The cat sleeps on the couch."])
+# [{'translation_text': 'El gato duerme en el sofá.'}]
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ class TranslationPipeline:
     batch_size: int = 64
 
     @classmethod
-    def from_workdir(cls, workdir: str, *, step: int | None = None, averaged: bool = False,
-                     **overrides) -> TranslationPipeline:
+    def from_workdir(
+        cls, workdir: str, *, step: int | None = None, averaged: bool = False, **overrides
+    ) -> TranslationPipeline:
         from transformer_jax.train.restore import load_for_inference
 
         loaded = load_for_inference(workdir, step=step, averaged=averaged)
@@ -93,8 +94,13 @@ class TranslationPipeline:
             max_len_B = np.minimum(lengths_B + self.extra_length, self.max_decode_len)
             ids_BL = np.asarray(
                 translate_ids(
-                    self.params, src_BS, max_len_B, config=cfg, beam_size=self.beam_size,
-                    alpha=self.alpha, max_decode_len=self.max_decode_len,
+                    self.params,
+                    src_BS,
+                    max_len_B,
+                    config=cfg,
+                    beam_size=self.beam_size,
+                    alpha=self.alpha,
+                    max_decode_len=self.max_decode_len,
                 )
             )
             for r, i in enumerate(rows):

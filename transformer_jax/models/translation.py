@@ -106,7 +106,6 @@ class EncoderDecoder(nn.Module):
         targets_segmentation=None,
         targets_position=None,
     ):
-        cfg = self.config
         seg_BT = (
             jnp.ones_like(decoder_inputs_BT, jnp.int32)
             if targets_segmentation is None
@@ -155,12 +154,13 @@ class EncoderDecoder(nn.Module):
         B = inputs_BS.shape[0]
         dummy_BT = jnp.zeros((B, max_decode_len), jnp.int32)
         y_BTD = jnp.zeros((B, max_decode_len, cfg.d_model), cfg.dtype)
-        self.decoder(y_BTD, encoded_BSD, jnp.ones_like(dummy_BT), default_positions(dummy_BT), seg_BS)
+        self.decoder(
+            y_BTD, encoded_BSD, jnp.ones_like(dummy_BT), default_positions(dummy_BT), seg_BS
+        )
         return encoded_BSD
 
     def decode_step(self, ids_BT):
         """Next-token logits [B, V] for T new tokens given the cache (mutable=['cache'])."""
-        cfg = self.config
         position = self.position
         B, T = ids_BT.shape
         pos_BT = jnp.broadcast_to(position.value + jnp.arange(T, dtype=jnp.int32), (B, T))

@@ -23,8 +23,11 @@ class Projection(nn.Module):
         cfg = self.config
         n_in, n_out = len(self.in_features), len(self.out_features)
         init = nn.initializers.variance_scaling(
-            1.0, "fan_avg", "uniform",
-            in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)),
+            1.0,
+            "fan_avg",
+            "uniform",
+            in_axis=tuple(range(n_in)),
+            out_axis=tuple(range(n_in, n_in + n_out)),
         )
         kernel = self.param(
             "kernel",
@@ -144,8 +147,12 @@ class MultiHeadAttention(nn.Module):
             return jnp.zeros_like(q_BTNH)
         S = ck.value.shape[1]
         i = idx.value
-        ck.value = jax.lax.dynamic_update_slice(ck.value, k_BTKH.astype(ck.value.dtype), (0, i, 0, 0))
-        cv.value = jax.lax.dynamic_update_slice(cv.value, v_BTKH.astype(cv.value.dtype), (0, i, 0, 0))
+        ck.value = jax.lax.dynamic_update_slice(
+            ck.value, k_BTKH.astype(ck.value.dtype), (0, i, 0, 0)
+        )
+        cv.value = jax.lax.dynamic_update_slice(
+            cv.value, v_BTKH.astype(cv.value.dtype), (0, i, 0, 0)
+        )
         idx.value = i + T
         q_pos_BT = jnp.broadcast_to(i + jnp.arange(T, dtype=jnp.int32), (B, T))
         kv_pos_BS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))

@@ -34,7 +34,9 @@ def _path_name(path) -> str:
 
 
 def checkpoint_dir(workdir: str, averaged: bool = False) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints_averaged" if averaged else "checkpoints")
+    return os.path.join(
+        os.path.abspath(workdir), "checkpoints_averaged" if averaged else "checkpoints"
+    )
 
 
 class Checkpointer:
@@ -59,8 +61,17 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, *, state, data: dict, config: dict, model: dict, tokenizer: dict,
-             force: bool = False) -> bool:
+    def save(
+        self,
+        step: int,
+        *,
+        state,
+        data: dict,
+        config: dict,
+        model: dict,
+        tokenizer: dict,
+        force: bool = False,
+    ) -> bool:
         return self.manager.save(
             step,
             args=ocp.args.Composite(

@@ -57,9 +57,9 @@ def load_for_inference(workdir: str, *, step: int | None = None, averaged: bool 
     elif step not in steps:
         raise CheckpointError(f"no checkpoint for step {step} in {ckpt.directory} (have {steps})")
     meta = ckpt.restore_meta(step)
-    state = ckpt.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-    )["state"]
+    state = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
+        "state"
+    ]
     src, tgt = tokenizers_from_json(meta["tokenizer"])
     cfg = ml_collections.ConfigDict(meta["config"])
     params = jax.tree.map(jax.numpy.asarray, state["params"])

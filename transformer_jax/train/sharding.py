@@ -19,9 +19,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 RULES: dict[str, tuple[tuple[str, object], ...]] = {
     # Replicated parameters, batch split over every device.
-    "data_parallel": (
-        ("batch", ("data", "fsdp")),
-    ),
+    "data_parallel": (("batch", ("data", "fsdp")),),
     # ZeRO-3 style: parameters and optimizer state split along "embed" over fsdp.
     "fsdp": (
         ("batch", ("data", "fsdp")),
@@ -49,9 +47,7 @@ def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[i
         raise MeshError(f"mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
     if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
-        raise MeshError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {num_devices} devices"
-        )
+        raise MeshError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {num_devices} devices")
     sizes = [num_devices // known if s == -1 else s for s in sizes]
     if math.prod(sizes) != num_devices:
         raise MeshError(

@@ -81,8 +81,15 @@ def summarize(metric_list: list[dict[str, Any]]) -> dict[str, float]:
 class Setup:
     """Everything a training or evaluation run builds before its first step."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, *, for_training: bool,
-                 averaged: bool = False, step: int | None = None):
+    def __init__(
+        self,
+        cfg: ml_collections.ConfigDict,
+        workdir: str,
+        *,
+        for_training: bool,
+        averaged: bool = False,
+        step: int | None = None,
+    ):
         self.cfg = cfg
         self.workdir = os.path.abspath(workdir)
         self.task = make_task(cfg)
@@ -125,8 +132,9 @@ class Setup:
         def init(rng):
             variables = self.task.init_variables(self.model, rng, batch)
             params = variables["params"]
-            return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              opt_state=self.tx.init(params))
+            return TrainState(
+                step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params)
+            )
 
         with self.context():
             boxed = jax.eval_shape(init, jax.random.key(self.cfg.seed))
@@ -176,10 +184,23 @@ class _Ctx:
 
 
 def _check_same_model(saved: dict, current: dict, ckpt: Checkpointer) -> None:
-    shape_keys = ("vocab_size", "d_model", "num_heads", "num_kv_heads", "head_dim", "d_ff",
-                  "num_encoder_layers", "num_decoder_layers", "share_embeddings", "tie_output")
-    diff = [f"{k}: checkpoint {saved.get(k)} vs config {current.get(k)}"
-            for k in shape_keys if saved.get(k) != current.get(k)]
+    shape_keys = (
+        "vocab_size",
+        "d_model",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "d_ff",
+        "num_encoder_layers",
+        "num_decoder_layers",
+        "share_embeddings",
+        "tie_output",
+    )
+    diff = [
+        f"{k}: checkpoint {saved.get(k)} vs config {current.get(k)}"
+        for k in shape_keys
+        if saved.get(k) != current.get(k)
+    ]
     if diff:
         raise CheckpointError(
             f"the checkpoint in {ckpt.directory} is a different model ({'; '.join(diff)}); "
@@ -192,12 +213,16 @@ def _pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
     n = next(iter(batch.values())).shape[0]
     if n == rows:
         return batch
-    return {k: np.concatenate([v, np.zeros((rows - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    return {
+        k: np.concatenate([v, np.zeros((rows - n,) + v.shape[1:], v.dtype)])
+        for k, v in batch.items()
+    }
 
 
 def evaluate_loss(setup: Setup, params, split: str, max_batches: int) -> dict[str, float]:
-    ds = setup.task.eval_dataset(setup.src_tok, setup.tgt_tok, split, jax.process_index(),
-                                 jax.process_count())
+    ds = setup.task.eval_dataset(
+        setup.src_tok, setup.tgt_tok, split, jax.process_index(), jax.process_count()
+    )
     fn = jax.jit(functools.partial(eval_step, task=setup.task, model=setup.model))
     rows = max(setup.cfg.data.eval_tokens_per_batch // setup.cfg.data.max_length, 1)
     dp = shd.data_parallel_size(setup.mesh)
@@ -224,19 +249,27 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
     state = setup.initial_state()
     start = int(jax.device_get(state.step))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    log(f"model: {n_params:,} parameters; mesh {dict(setup.mesh.shape)}; "
-        f"{'resuming from step ' + str(start) if start else 'starting from scratch'}")
+    log(
+        f"model: {n_params:,} parameters; mesh {dict(setup.mesh.shape)}; "
+        f"{'resuming from step ' + str(start) if start else 'starting from scratch'}"
+    )
 
-    ds = setup.task.train_dataset(setup.src_tok, setup.tgt_tok, jax.process_index(),
-                                  jax.process_count())
+    ds = setup.task.train_dataset(
+        setup.src_tok, setup.tgt_tok, jax.process_index(), jax.process_count()
+    )
     it = iter(ds)
     if setup.meta is not None:
         restore_iterator_state(it, setup.meta["data"]["iterator"])
 
     _, _, state_shardings = setup.abstract_state()
     step_fn = jax.jit(
-        functools.partial(train_step, task=setup.task, model=setup.train_model, tx=setup.tx,
-                          base_rng=jax.random.key(cfg.seed)),
+        functools.partial(
+            train_step,
+            task=setup.task,
+            model=setup.train_model,
+            tx=setup.tx,
+            base_rng=jax.random.key(cfg.seed),
+        ),
         in_shardings=(state_shardings, shd.batch_sharding(setup.mesh)),
         out_shardings=(state_shardings, shd.replicated(setup.mesh)),
         donate_argnums=(0,),  # the old state's buffers are reused for the new one
@@ -272,8 +305,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                 if step % tc.checkpoint_every == 0 or step == tc.num_steps:
                     setup.save(state, iterator_state_to_json(it))
                 if step % tc.eval_every == 0 or step == tc.num_steps:
-                    last = run_eval(setup, state.params, cfg.data.eval_split, writer, step,
-                                    bleu_limit=cfg.decode.bleu_examples)
+                    last = run_eval(
+                        setup,
+                        state.params,
+                        cfg.data.eval_split,
+                        writer,
+                        step,
+                        bleu_limit=cfg.decode.bleu_examples,
+                    )
                     progress.reset_clock(step)
         progress.close()
     finally:
@@ -282,15 +321,26 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
     return last
 
 
-def run_eval(setup: Setup, params, split: str, writer: MetricsWriter | None, step: int,
-             bleu_limit: int, loss_batches: int | None = None) -> dict[str, Any]:
+def run_eval(
+    setup: Setup,
+    params,
+    split: str,
+    writer: MetricsWriter | None,
+    step: int,
+    bleu_limit: int,
+    loss_batches: int | None = None,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     loss_batches = setup.cfg.train.eval_batches if loss_batches is None else loss_batches
-    out: dict[str, Any] = {f"{split}/{k}": v for k, v in
-                           evaluate_loss(setup, params, split, loss_batches).items() if k != "tokens"}
+    out: dict[str, Any] = {
+        f"{split}/{k}": v
+        for k, v in evaluate_loss(setup, params, split, loss_batches).items()
+        if k != "tokens"
+    }
     with setup.context():
-        q = setup.task.quality(params, setup.model_config, setup.src_tok, setup.tgt_tok, split,
-                               bleu_limit)
+        q = setup.task.quality(
+            params, setup.model_config, setup.src_tok, setup.tgt_tok, split, bleu_limit
+        )
     out[f"{split}/{setup.task.metric_name}"] = q[setup.task.metric_name]
     if writer is not None:
         writer.write(step, out)
@@ -304,8 +354,14 @@ def run_eval(setup: Setup, params, split: str, writer: MetricsWriter | None, ste
 class InferenceSetup:
     """What `evaluate_checkpoint` needs, built from a checkpoint alone (also imported ones)."""
 
-    def __init__(self, workdir: str, *, step: int | None, averaged: bool,
-                 overrides: list[str] | tuple[str, ...] = ()):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        step: int | None,
+        averaged: bool,
+        overrides: list[str] | tuple[str, ...] = (),
+    ):
         from transformer_jax.config import set_key, validate
         from transformer_jax.train.restore import load_for_inference
 
@@ -331,14 +387,22 @@ class InferenceSetup:
         return _Ctx(self.mesh, self.rules)
 
 
-def evaluate_checkpoint(workdir: str, *, split: str | None = None, step: int | None = None,
-                        averaged: bool = False, overrides=(), limit: int = 0,
-                        loss_batches: int = 0) -> dict[str, Any]:
+def evaluate_checkpoint(
+    workdir: str,
+    *,
+    split: str | None = None,
+    step: int | None = None,
+    averaged: bool = False,
+    overrides=(),
+    limit: int = 0,
+    loss_batches: int = 0,
+) -> dict[str, Any]:
     """Eval loss and the task metric (BLEU) of one checkpoint on a split; writes JSON."""
     setup = InferenceSetup(workdir, step=step, averaged=averaged, overrides=overrides)
     split = split or setup.cfg.data.test_split
-    out = run_eval(setup, setup.params, split, None, setup.step, bleu_limit=limit,
-                   loss_batches=loss_batches)
+    out = run_eval(
+        setup, setup.params, split, None, setup.step, bleu_limit=limit, loss_batches=loss_batches
+    )
     out = {"step": setup.step, "split": split, "averaged": averaged, **out}
     name = f"eval_{split}_step{setup.step}{'_averaged' if averaged else ''}.json"
     if jax.process_index() == 0:
@@ -375,18 +439,27 @@ def average_checkpoints(workdir: str, last: int) -> dict[str, Any]:
     total = None
     for s in chosen:
         state = ckpt.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
-            "state"]
+            "state"
+        ]
         params = jax.tree.map(lambda x: np.asarray(x, np.float64), state["params"])
         total = params if total is None else jax.tree.map(np.add, total, params)
         newest = state
     meta = ckpt.restore_meta(chosen[-1])
     ckpt.close()
-    avg = jax.tree.map(lambda t, x: (t / len(chosen)).astype(np.asarray(x).dtype), total,
-                       newest["params"])
+    avg = jax.tree.map(
+        lambda t, x: (t / len(chosen)).astype(np.asarray(x).dtype), total, newest["params"]
+    )
     out = Checkpointer(checkpoint_dir(workdir, averaged=True), keep=3, async_save=False)
     if chosen[-1] in out.all_steps():  # an earlier average of the same step (another --last)
         out.manager.delete(chosen[-1])
-    out.save(chosen[-1], state=dict(newest, params=avg), data=meta["data"], config=meta["config"],
-             model=meta["model"], tokenizer=meta["tokenizer"], force=True)
+    out.save(
+        chosen[-1],
+        state=dict(newest, params=avg),
+        data=meta["data"],
+        config=meta["config"],
+        model=meta["model"],
+        tokenizer=meta["tokenizer"],
+        force=True,
+    )
     out.close()
     return {"steps": chosen, "directory": out.directory}
