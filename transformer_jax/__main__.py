@@ -155,9 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "train" and args.command != "eval" and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from transformer_jax.errors import USER_ERRORS
+    from transformer_jax.train.trainer import Preempted
 
     try:
         return args.fn(args, extra)
+    except Preempted as e:
+        print(f"tjax {args.command}: {e}", file=sys.stderr)
+        return Preempted.exit_code
     except USER_ERRORS as e:
         if os.environ.get("TJAX_DEBUG"):
             raise

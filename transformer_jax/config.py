@@ -67,7 +67,8 @@ def translation_base() -> ml_collections.ConfigDict:
     c.model.max_position = 1024
     c.model.attention_impl = "auto"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
-    c.model.remat = "none"
+    c.model.remat = "none"  # "none" | "full" | "dots" (save matmul outputs)
+    c.model.scan_layers = False
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.b1 = 0.9
@@ -88,6 +89,9 @@ def translation_base() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 5000
     c.train.keep_checkpoints = 20
     c.train.progress = True
+    c.train.grad_accum_steps = 1  # micro-batches per update (same update as one big batch)
+    c.train.on_nonfinite = "stop"  # "stop" | "skip": a NaN/inf loss or gradient
+    c.train.inject_nonfinite_step = -1  # fault drill: make this step's gradient NaN
 
     c.decode = ml_collections.ConfigDict()
     c.decode.beam_size = 4
@@ -210,7 +214,16 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     )
     need(cfg.train.num_steps >= 0, "train.num_steps", "must be >= 0")
     need(0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
-    for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    need(
+        cfg.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "choose 'stop' or 'skip'"
+    )
+    for key in (
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "grad_accum_steps",
+    ):
         need(cfg.train[key] >= 1, f"train.{key}", "must be >= 1")
     need(cfg.decode.beam_size >= 1, "decode.beam_size", "must be >= 1")
     need(cfg.decode.max_decode_len >= 1, "decode.max_decode_len", "must be >= 1")
@@ -254,6 +267,7 @@ def model_config(
             attention_impl=m.attention_impl,
             dtype=jnp.dtype(m.dtype),
             remat=m.remat,
+            scan_layers=m.scan_layers,
             pad_id=pad_id,
             eos_id=eos_id,
             decoder_start_id=decoder_start_id,

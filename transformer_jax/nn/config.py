@@ -49,6 +49,7 @@ class TransformerConfig:
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32
     remat: str = "none"
+    scan_layers: bool = False  # jax.lax.scan over layers (flat compile time in depth)
     deterministic: bool = True  # False while training (dropout on)
     decode: bool = False  # True for autoregressive decoding with a KV cache
 

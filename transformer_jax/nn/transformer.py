@@ -78,8 +78,34 @@ def _remat(cls, config: TransformerConfig):
         return cls
     policy = None
     if config.remat == "dots":
+        # Keep matmul outputs, recompute the cheap elementwise work in the backward pass.
         policy = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-    return nn.remat(cls, policy=policy, prevent_cse=True)
+    return nn.remat(cls, policy=policy, prevent_cse=not config.scan_layers)
+
+
+class _ScanEncoderLayer(EncoderLayer):
+    def __call__(self, x_BSD, seg_BS, pos_BS):
+        return super().__call__(x_BSD, seg_BS, pos_BS), None
+
+
+class _ScanDecoderLayer(DecoderLayer):
+    def __call__(self, y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS):
+        return super().__call__(y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS), None
+
+
+def _scanned(cls, config: TransformerConfig, length: int, num_args: int):
+    """One layer body under `nn.scan`: parameters stacked on a leading "layers" axis.
+
+    Compile time stays flat in depth; the cache (decoding) is stacked the same way.
+    """
+    return nn.scan(
+        _remat(cls, config),
+        variable_axes={"params": 0, "cache": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * num_args,
+        length=length,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
 
 
 class Encoder(nn.Module):
@@ -90,9 +116,13 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x_BSD, seg_BS, pos_BS):
         cfg = self.config
-        layer_cls = _remat(EncoderLayer, cfg)
-        for i in range(cfg.num_encoder_layers):
-            x_BSD = layer_cls(cfg, name=f"layer_{i}")(x_BSD, seg_BS, pos_BS)
+        if cfg.scan_layers and cfg.num_encoder_layers:
+            stack = _scanned(_ScanEncoderLayer, cfg, cfg.num_encoder_layers, 2)
+            x_BSD, _ = stack(cfg, name="layers")(x_BSD, seg_BS, pos_BS)
+        else:
+            layer_cls = _remat(EncoderLayer, cfg)
+            for i in range(cfg.num_encoder_layers):
+                x_BSD = layer_cls(cfg, name=f"layer_{i}")(x_BSD, seg_BS, pos_BS)
         if cfg.norm_position == "pre":
             x_BSD = layer_norm(cfg, "final_norm")(x_BSD)
         return x_BSD
@@ -106,9 +136,15 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS):
         cfg = self.config
-        layer_cls = _remat(DecoderLayer, cfg)
-        for i in range(cfg.num_decoder_layers):
-            y_BTD = layer_cls(cfg, name=f"layer_{i}")(y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS)
+        if cfg.scan_layers and cfg.num_decoder_layers:
+            stack = _scanned(_ScanDecoderLayer, cfg, cfg.num_decoder_layers, 4)
+            y_BTD, _ = stack(cfg, name="layers")(y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS)
+        else:
+            layer_cls = _remat(DecoderLayer, cfg)
+            for i in range(cfg.num_decoder_layers):
+                y_BTD = layer_cls(cfg, name=f"layer_{i}")(
+                    y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS
+                )
         if cfg.norm_position == "pre":
             y_BTD = layer_norm(cfg, "final_norm")(y_BTD)
         return y_BTD

@@ -49,6 +49,9 @@ class Checkpointer:
             create=not read_only,
             enable_async_checkpointing=async_save,
             read_only=read_only,
+            # Leftovers of a save that was killed mid-write are never restored
+            # (they lack Orbax's commit); remove them when the run restarts.
+            cleanup_tmp_directories=not read_only,
         )
         # Handlers given up front, so a fresh manager can read the metadata of saved items.
         handlers = {name: ocp.JsonCheckpointHandler() for name in ITEMS if name != "state"}
@@ -132,3 +135,19 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def quarantine(ckpt: Checkpointer, step: int, workdir: str) -> str | None:
+    """Moves a damaged step out of the checkpoint folder (kept for inspection)."""
+    import shutil
+    import time
+
+    import jax
+
+    src = os.path.join(ckpt.directory, str(step))
+    dst = os.path.join(workdir, "damaged_checkpoints", f"{step}-{int(time.time())}")
+    if jax.process_index() == 0 and os.path.isdir(src):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.move(src, dst)
+    ckpt.manager.reload()
+    return dst

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 import jax
@@ -52,16 +53,34 @@ def load_for_inference(workdir: str, *, step: int | None = None, averaged: bool 
     steps = ckpt.all_steps()
     if not steps:
         raise CheckpointError(f"no checkpoint in {ckpt.directory}: train or import first")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
+    if step is not None and step not in steps:
         raise CheckpointError(f"no checkpoint for step {step} in {ckpt.directory} (have {steps})")
-    meta = ckpt.restore_meta(step)
-    state = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
-        "state"
-    ]
-    src, tgt = tokenizers_from_json(meta["tokenizer"])
+    candidates = [step] if step is not None else list(reversed(steps))
+    for i, candidate in enumerate(candidates):
+        try:
+            meta = ckpt.restore_meta(candidate)
+            state = ckpt.manager.restore(
+                candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            )["state"]
+            src, tgt = tokenizers_from_json(meta["tokenizer"])
+            model_config = config_from_json(meta["model"])
+            break
+        except CheckpointError:
+            raise
+        except Exception as e:  # unreadable: damaged or truncated files
+            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            if step is not None or i + 1 == len(candidates):
+                ckpt.close()
+                raise CheckpointError(
+                    f"checkpoint step {candidate} in {ckpt.directory} is damaged ({reason})"
+                ) from None
+            print(
+                f"checkpoint step {candidate} is damaged ({reason}); "
+                f"using step {candidates[i + 1]}",
+                file=sys.stderr,
+            )
+    step = candidate
     cfg = ml_collections.ConfigDict(meta["config"])
     params = jax.tree.map(jax.numpy.asarray, state["params"])
     ckpt.close()
-    return Loaded(params, config_from_json(meta["model"]), src, tgt, cfg, step)
+    return Loaded(params, model_config, src, tgt, cfg, step)

@@ -26,7 +26,12 @@ import optax
 from transformer_jax.data.tokenizer_io import tokenizers_from_json, tokenizers_to_json
 from transformer_jax.nn.config import config_to_json
 from transformer_jax.train import sharding as shd
-from transformer_jax.train.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
+from transformer_jax.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    checkpoint_dir,
+    quarantine,
+)
 from transformer_jax.train.metrics import MetricsWriter, Progress, log
 from transformer_jax.train.optim import make_optimizer, make_schedule
 from transformer_jax.train.tasks import Task, make_task
@@ -43,15 +48,81 @@ class TrainingError(RuntimeError):
     pass
 
 
-def train_step(state: TrainState, batch, *, task: Task, model, tx, base_rng):
-    """One optimizer update. Pure: randomness is fold_in(base_rng, step)."""
+def _micro_batches(batch, k: int):
+    """[B, ...] -> [k, B/k, ...], taking every k-th row so the batch sharding is kept."""
+
+    def split(x):
+        B = x.shape[0]
+        return jnp.moveaxis(x.reshape((B // k, k) + x.shape[1:]), 1, 0)
+
+    return jax.tree.map(split, batch)
+
+
+def train_step(
+    state: TrainState,
+    batch,
+    *,
+    task: Task,
+    model,
+    tx,
+    base_rng,
+    accum_steps: int = 1,
+    inject_nonfinite_step: int = -1,
+):
+    """One optimizer update over `accum_steps` micro-batches. Pure.
+
+    Randomness is fold_in(base_rng, step). Gradients are of the summed token loss
+    divided by the total token count, so k accumulated micro-batches give the
+    same update as one k-times-larger batch. A non-finite loss or gradient leaves
+    params and optimizer state unchanged (the step still counts) and is reported
+    in metrics["nonfinite"]; the host decides whether to skip on or stop.
+    """
     rng = jax.random.fold_in(base_rng, state.step)
-    grad_fn = jax.value_and_grad(lambda p: task.loss(model, p, batch, rng), has_aux=True)
-    (_, metrics), grads = grad_fn(state.params)
+
+    def objective(params, mb, r):
+        _, metrics = task.loss(model, params, mb, r)
+        return metrics["loss_sum"], metrics
+
+    grad_fn = jax.grad(objective, has_aux=True)
+    if accum_steps == 1:
+        grads, metrics = grad_fn(state.params, batch, rng)
+    else:
+        mbs = _micro_batches(batch, accum_steps)
+
+        def body(carry, xs):
+            g_acc, m_acc = carry
+            mb, i = xs
+            g, m = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+            return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, m_acc, m)), None
+
+        m_shape = jax.eval_shape(
+            lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], mbs), rng)[1]
+        )
+        init = (
+            jax.tree.map(jnp.zeros_like, state.params),
+            jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), m_shape),
+        )
+        (grads, metrics), _ = jax.lax.scan(body, init, (mbs, jnp.arange(accum_steps)))
+    scale = 1.0 / jnp.maximum(metrics["weight_sum"], 1.0)
+    if inject_nonfinite_step >= 0:  # fault injection for tests and drills
+        scale = jnp.where(state.step == inject_nonfinite_step, jnp.nan, scale)
+    grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss_sum"] * scale)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    metrics = dict(
+        metrics,
+        grad_norm=jnp.where(finite, grad_norm, 0.0),
+        nonfinite=1.0 - finite.astype(jnp.float32),
+    )
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+    )
+    return new_state, metrics
 
 
 def eval_step(params, batch, *, task: Task, model):
@@ -93,33 +164,70 @@ class Setup:
         self.cfg = cfg
         self.workdir = os.path.abspath(workdir)
         self.task = make_task(cfg)
+        self.damaged: list[int] = []
         self.ckpt = Checkpointer(
             checkpoint_dir(self.workdir, averaged),
             keep=cfg.train.keep_checkpoints,
             read_only=not for_training,
         )
-        self.step = self.ckpt.latest_step() if step is None else step
-        if step is not None and step not in self.ckpt.all_steps():
-            raise CheckpointError(
-                f"no checkpoint for step {step} in {self.ckpt.directory} "
-                f"(have {self.ckpt.all_steps()})"
-            )
-        self.meta = self.ckpt.restore_meta(self.step) if self.step is not None else None
-        if self.meta is not None:
-            self.src_tok, self.tgt_tok = tokenizers_from_json(self.meta["tokenizer"])
-        elif for_training:
-            log("training the tokenizer on the training split ...")
-            self.src_tok, self.tgt_tok = self.task.make_tokenizers(self.workdir)
-        else:
-            raise CheckpointError(f"no checkpoint in {self.ckpt.directory}: train first")
-        self.model_config = self.task.model_config(self.src_tok, self.tgt_tok)
-        if self.meta is not None:
-            _check_same_model(self.meta["model"], config_to_json(self.model_config), self.ckpt)
         self.mesh = shd.make_mesh(cfg.mesh)
         self.rules = shd.rules_for(cfg.mesh.rules)
-        self.tx = make_optimizer(cfg.optimizer, self.model_config.d_model)
+        self.restored_state = None
+        self.meta = None
+        steps = self.ckpt.all_steps()
+        if step is not None and step not in steps:
+            raise CheckpointError(
+                f"no checkpoint for step {step} in {self.ckpt.directory} (have {steps})"
+            )
+        candidates = [step] if step is not None else list(reversed(steps))
+        for i, candidate in enumerate(candidates):
+            try:
+                self._load(candidate, for_training)
+                break
+            except CheckpointError:
+                raise
+            except Exception as e:  # unreadable files: a damaged or truncated step
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                if step is not None:
+                    raise CheckpointError(
+                        f"checkpoint step {candidate} in {self.ckpt.directory} is damaged "
+                        f"({reason[:200]})"
+                    ) from None
+                older = candidates[i + 1] if i + 1 < len(candidates) else None
+                log(
+                    f"checkpoint step {candidate} is damaged ({reason[:200]}); "
+                    + (f"falling back to step {older}" if older is not None else "starting over")
+                )
+                self.damaged.append(candidate)
+                if for_training:
+                    quarantine(self.ckpt, candidate, self.workdir)
+        else:
+            self.step = None
+            self.meta = None
+            self.restored_state = None
+        if self.meta is None:
+            if not for_training:
+                raise CheckpointError(f"no checkpoint in {self.ckpt.directory}: train first")
+            log("training the tokenizer on the training split ...")
+            self.src_tok, self.tgt_tok = self.task.make_tokenizers(self.workdir)
+            self._build(None)
+
+    def _build(self, saved_model: dict | None) -> None:
+        self.model_config = self.task.model_config(self.src_tok, self.tgt_tok)
+        if saved_model is not None:
+            _check_same_model(saved_model, config_to_json(self.model_config), self.ckpt)
+        self.tx = make_optimizer(self.cfg.optimizer, self.model_config.d_model)
         self.model = self.task.build_model(self.model_config)
         self.train_model = self.task.build_model(self.model_config.replace(deterministic=False))
+
+    def _load(self, step: int, for_training: bool) -> None:
+        """Reads one step completely (metadata and state); raises if anything is unreadable."""
+        meta = self.ckpt.restore_meta(step)
+        self.src_tok, self.tgt_tok = tokenizers_from_json(meta["tokenizer"])
+        self._build(meta["model"])
+        _, abstract, _ = self.abstract_state()
+        self.restored_state = self.ckpt.restore_state(step, abstract)
+        self.meta, self.step = meta, step
 
     def context(self):
         """Mesh + logical rules active while tracing, so activation constraints resolve."""
@@ -147,9 +255,9 @@ class Setup:
         return init, abstract, shardings
 
     def initial_state(self) -> TrainState:
+        if self.restored_state is not None:
+            return self.restored_state
         init, abstract, shardings = self.abstract_state()
-        if self.step is not None:
-            return self.ckpt.restore_state(self.step, abstract)
         with self.context():
             return jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(
                 jax.random.key(self.cfg.seed)
@@ -236,21 +344,90 @@ def evaluate_loss(setup: Setup, params, split: str, max_batches: int) -> dict[st
     return summarize(metrics) if metrics else {}
 
 
+class Preempted(RuntimeError):
+    """Training stopped on a termination signal after saving a checkpoint."""
+
+    exit_code = 75  # EX_TEMPFAIL: rerun the same command to resume
+
+
+class _StopSignal:
+    """Remembers SIGTERM/SIGINT so the loop can finish the step and save first."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == 2:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def requested(self, step: int) -> bool:
+        local = self.signum is not None
+        if jax.process_count() == 1:
+            return local
+        from jax.experimental import multihost_utils
+
+        try:  # the runtime's own preemption notice (TPU maintenance events)
+            local = local or multihost_utils.reached_preemption_sync_point(step)
+        except Exception:
+            pass
+        flags = multihost_utils.process_allgather(np.asarray([local], np.int32))
+        return bool(np.max(flags))
+
+
+def _check_batch_layout(setup: Setup, batch: dict[str, np.ndarray]) -> None:
+    rows = next(iter(batch.values())).shape[0] * jax.process_count()
+    dp = shd.data_parallel_size(setup.mesh)
+    k = setup.cfg.train.grad_accum_steps
+    if rows % (dp * k):
+        raise shd.MeshError(
+            f"global batch of {rows} rows is not divisible by data-parallel size {dp} "
+            f"x train.grad_accum_steps {k}; change data.tokens_per_batch "
+            f"(= {setup.cfg.data.tokens_per_batch}) or the mesh"
+        )
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (resuming from the latest checkpoint in workdir) and returns final metrics."""
+    """Trains (resuming from the latest good checkpoint in workdir) and returns final metrics.
+
+    Stops cleanly on SIGTERM/SIGINT: finishes the step, saves, raises `Preempted`.
+    """
+    from transformer_jax.train import distributed
+
+    distributed.initialize()  # no-op on one host; TPU/SLURM/TJAX_* env otherwise
     setup = Setup(cfg, workdir, for_training=True)
     os.makedirs(setup.workdir, exist_ok=True)
     if jax.process_index() == 0:
-        with open(os.path.join(setup.workdir, "config.json"), "w") as f:
+        tmp = os.path.join(setup.workdir, "config.json.tmp")
+        with open(tmp, "w") as f:
             json.dump(cfg.to_dict(), f, indent=2)
+        os.replace(tmp, os.path.join(setup.workdir, "config.json"))
     from transformer_jax.data.pipeline import iterator_state_to_json, restore_iterator_state
+    from transformer_jax.train import flops as flops_lib
 
     tc = cfg.train
     state = setup.initial_state()
     start = int(jax.device_get(state.step))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(
-        f"model: {n_params:,} parameters; mesh {dict(setup.mesh.shape)}; "
+        f"model: {n_params:,} parameters; mesh {dict(setup.mesh.shape)} "
+        f"({jax.process_count()} host(s)); "
         f"{'resuming from step ' + str(start) if start else 'starting from scratch'}"
     )
 
@@ -269,41 +446,96 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
             model=setup.train_model,
             tx=setup.tx,
             base_rng=jax.random.key(cfg.seed),
+            accum_steps=tc.grad_accum_steps,
+            inject_nonfinite_step=tc.inject_nonfinite_step,
         ),
         in_shardings=(state_shardings, shd.batch_sharding(setup.mesh)),
         out_shardings=(state_shardings, shd.replicated(setup.mesh)),
         donate_argnums=(0,),  # the old state's buffers are reused for the new one
     )
     schedule = make_schedule(cfg.optimizer, setup.model_config.d_model)
+    peak, peak_source = flops_lib.device_peak_flops()
+    on_cpu = jax.devices()[0].platform == "cpu"
+    n_chips = jax.process_count() if on_cpu else jax.device_count()
     writer = MetricsWriter(setup.workdir)
     progress = Progress(tc.num_steps, start, enabled=tc.progress)
     pending: list[dict[str, Any]] = []
+    shapes: list[tuple[int, int, int]] = []
     last: dict[str, Any] = {}
+    skipped = 0
     step = start
+    t_log = time.perf_counter()
+
+    def flush() -> None:
+        """Reads the pending steps' metrics; enforces the non-finite policy."""
+        nonlocal pending, shapes, skipped, t_log
+        if not pending:
+            return
+        host = jax.device_get(pending)
+        bad = [step - len(host) + 1 + i for i, m in enumerate(host) if m["nonfinite"] > 0]
+        if bad and tc.on_nonfinite == "stop":
+            raise TrainingError(
+                f"non-finite loss or gradient at step {bad[0]} (batch index {bad[0] - 1}); "
+                f"the update was not applied; last good checkpoint: step "
+                f"{setup.ckpt.latest_step()} in {setup.ckpt.directory}. "
+                "Set train.on_nonfinite=skip to skip such steps"
+            )
+        skipped += len(bad)
+        good = [m for m in host if m["nonfinite"] == 0] or host[-1:]
+        summary = summarize(good)
+        elapsed = time.perf_counter() - t_log
+        step_time = elapsed / len(host)
+        tokens = summary.pop("tokens") / len(good)
+        fl = sum(
+            flops_lib.encoder_decoder_flops(setup.model_config, b, s_len, t_len)
+            for b, s_len, t_len in shapes
+        ) / max(len(shapes), 1)
+        summary.update(
+            learning_rate=float(schedule(step - 1)),
+            skipped_steps=skipped,
+            steps_per_second=1.0 / step_time,
+            tokens_per_second=tokens / step_time,
+            model_tflops_per_step=fl / 1e12,
+            mfu=flops_lib.mfu(fl, step_time, n_chips, peak),
+        )
+        writer.write(step, {f"train/{k}": v for k, v in summary.items()})
+        progress.update(step, tokens, {"loss": summary["loss"], "mfu": summary["mfu"]})
+        if bad:
+            log(f"\nskipped {len(bad)} step(s) with a non-finite loss or gradient: {bad}")
+        pending, shapes, t_log = [], [], time.perf_counter()
+
+    def save() -> None:
+        flush()  # never write a checkpoint before checking the steps it contains
+        setup.save(state, iterator_state_to_json(it))
+
+    log(f"MFU against {peak / 1e12:.2f} TFLOP/s per chip ({peak_source}) x {n_chips}")
     try:
-        with setup.context():
+        with setup.context(), _StopSignal() as stop:
             while step < tc.num_steps:
-                batch = shd.global_batch(next(it), setup.mesh)
+                local = next(it)
+                if step == start:
+                    _check_batch_layout(setup, local)
+                batch = shd.global_batch(local, setup.mesh)
                 # Dispatch is asynchronous: the host fetches the next batch while
                 # the device runs this step; metrics are read only at log time.
                 state, metrics = step_fn(state, batch)
                 pending.append(metrics)
+                shapes.append(
+                    (batch["inputs"].shape[0], batch["inputs"].shape[1], batch["targets"].shape[1])
+                )
                 step += 1
                 if step % tc.log_every == 0 or step == tc.num_steps:
-                    summary = summarize(pending)
-                    if not math.isfinite(summary["loss"]):
-                        raise TrainingError(
-                            f"non-finite loss {summary['loss']} between steps "
-                            f"{step - len(pending) + 1} and {step}; last checkpoint: "
-                            f"{setup.ckpt.latest_step()}"
-                        )
-                    tokens = summary.pop("tokens") / len(pending)
-                    summary["learning_rate"] = float(schedule(step - 1))
-                    writer.write(step, {f"train/{k}": v for k, v in summary.items()})
-                    progress.update(step, tokens, {"loss": summary["loss"]})
-                    pending = []
+                    flush()
+                if stop.requested(step):
+                    save()
+                    setup.ckpt.wait()
+                    log(f"\nstopped by signal {stop.signum} at step {step}; checkpoint saved")
+                    raise Preempted(
+                        f"stopped at step {step} (checkpoint saved in {setup.ckpt.directory}); "
+                        "run the same command again to resume"
+                    )
                 if step % tc.checkpoint_every == 0 or step == tc.num_steps:
-                    setup.save(state, iterator_state_to_json(it))
+                    save()
                 if step % tc.eval_every == 0 or step == tc.num_steps:
                     last = run_eval(
                         setup,
@@ -314,11 +546,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                         bleu_limit=cfg.decode.bleu_examples,
                     )
                     progress.reset_clock(step)
+                    t_log = time.perf_counter()
         progress.close()
     finally:
-        setup.ckpt.close()
+        setup.ckpt.close()  # waits for the async save in flight
         writer.close()
-    return last
+    return dict(last, skipped_steps=skipped)
 
 
 def run_eval(
