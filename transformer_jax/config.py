@@ -105,6 +105,9 @@ def translation_base() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # -1 = all remaining devices
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    c.mesh.sequence = 1
+    c.mesh.num_devices = 0  # 0 = every device; N = the first N
+    # "data_parallel" | "fsdp" | "fsdp_tensor" | custom "batch:data+fsdp,embed:fsdp,..."
     c.mesh.rules = "data_parallel"
     return c
 

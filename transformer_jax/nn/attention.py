@@ -63,7 +63,7 @@ class MultiHeadAttention(nn.Module):
     """Self- or cross-attention. In decode mode it keeps keys/values in "cache".
 
     Self-attention cache: `cached_key`/`cached_value` [B, S_max, K, H] filled at
-    `cache_index`; a call with T new tokens writes them and attends causally by
+    the query's absolute position; a call with T new tokens writes them and attends causally by
     absolute position. Cross-attention cache: the projected encoder keys/values
     and the source segment ids are stored once, when the cache is created
     (`EncoderDecoder.init_cache`), so decoding steps never touch the encoder.
@@ -119,7 +119,7 @@ class MultiHeadAttention(nn.Module):
 
         k_BTKH, v_BTKH = key_proj(x_BTD), value_proj(x_BTD)
         if cfg.decode and self.causal:
-            return self._out(self._cached_self_attention(q_BTNH, k_BTKH, v_BTKH))
+            return self._out(self._cached_self_attention(q_BTNH, k_BTKH, v_BTKH, q_pos_BT))
         o_BTNH = dot_product_attention(
             q_BTNH,
             k_BTKH,
@@ -133,7 +133,7 @@ class MultiHeadAttention(nn.Module):
         )
         return self._out(o_BTNH)
 
-    def _cached_self_attention(self, q_BTNH, k_BTKH, v_BTKH) -> jax.Array:
+    def _cached_self_attention(self, q_BTNH, k_BTKH, v_BTKH, q_pos_BT) -> jax.Array:
         cfg = self.config
         B, T, K, H = k_BTKH.shape
         # The cache is created by a call whose T is the maximum decode length.
@@ -141,19 +141,19 @@ class MultiHeadAttention(nn.Module):
         is_init = not self.has_variable("cache", "cached_key")
         ck = self.variable("cache", "cached_key", jnp.zeros, (B, S, K, H), k_BTKH.dtype)
         cv = self.variable("cache", "cached_value", jnp.zeros, (B, S, K, H), v_BTKH.dtype)
-        idx = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
         if is_init:
             # Creating the cache (shape pass): nothing to attend to yet.
             return jnp.zeros_like(q_BTNH)
         S = ck.value.shape[1]
-        i = idx.value
+        # Write position = absolute position of the first new token (same for every row);
+        # every cache leaf keeps batch as its leading axis, so beams gather uniformly.
+        i = q_pos_BT[0, 0]
         ck.value = jax.lax.dynamic_update_slice(
             ck.value, k_BTKH.astype(ck.value.dtype), (0, i, 0, 0)
         )
         cv.value = jax.lax.dynamic_update_slice(
             cv.value, v_BTKH.astype(cv.value.dtype), (0, i, 0, 0)
         )
-        idx.value = i + T
         q_pos_BT = jnp.broadcast_to(i + jnp.arange(T, dtype=jnp.int32), (B, T))
         kv_pos_BS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
         kv_seg_BS = (kv_pos_BS < i + T).astype(jnp.int32)

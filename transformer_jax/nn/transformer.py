@@ -100,7 +100,7 @@ def _scanned(cls, config: TransformerConfig, length: int, num_args: int):
     """
     return nn.scan(
         _remat(cls, config),
-        variable_axes={"params": 0, "cache": 0},
+        variable_axes={"params": 0, "cache": 1},  # cache keeps batch first
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,) * num_args,
         length=length,

@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "kv", "mlp", "vocab", "layers")
 
 RULES: dict[str, tuple[tuple[str, object], ...]] = {
     # Replicated parameters, batch split over every device.
@@ -23,11 +24,13 @@ RULES: dict[str, tuple[tuple[str, object], ...]] = {
     # ZeRO-3 style: parameters and optimizer state split along "embed" over fsdp.
     "fsdp": (
         ("batch", ("data", "fsdp")),
+        ("length", "sequence"),
         ("embed", "fsdp"),
     ),
     # FSDP plus Megatron-style tensor parallelism over heads / mlp / vocab.
     "fsdp_tensor": (
         ("batch", ("data", "fsdp")),
+        ("length", "sequence"),
         ("embed", "fsdp"),
         ("heads", "tensor"),
         ("kv_heads", "tensor"),
@@ -42,7 +45,7 @@ class MeshError(ValueError):
 
 
 def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
-    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    sizes = [int(mesh_cfg.get(a, 1)) for a in MESH_AXES]
     if sum(s == -1 for s in sizes) > 1:
         raise MeshError(f"mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
@@ -58,7 +61,13 @@ def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[i
 
 
 def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
-    devices = jax.devices() if devices is None else devices
+    if devices is None:
+        devices = jax.devices()
+        wanted = int(mesh_cfg.get("num_devices", 0))
+        if wanted:
+            if wanted > len(devices) or wanted < 0:
+                raise MeshError(f"mesh.num_devices={wanted}, but {len(devices)} devices exist")
+            devices = devices[:wanted]
     shape = mesh_shape(mesh_cfg, len(devices))
     # Auto axes: shardings are propagated by the compiler from our annotations.
     return jax.make_mesh(
@@ -66,10 +75,29 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
     )
 
 
-def rules_for(name: str) -> tuple[tuple[str, object], ...]:
-    if name not in RULES:
-        raise MeshError(f"unknown sharding rules {name!r}; choose one of {sorted(RULES)}")
-    return RULES[name]
+def rules_for(spec: str) -> tuple[tuple[str, object], ...]:
+    """A named strategy, or a custom table "batch:data+fsdp,embed:fsdp,mlp:tensor"."""
+    if spec in RULES:
+        return RULES[spec]
+    if ":" not in spec:
+        raise MeshError(f"unknown sharding rules {spec!r}; choose one of {sorted(RULES)}")
+    rules = []
+    for item in spec.split(","):
+        logical, _, mesh_axes = item.strip().partition(":")
+        axes = tuple(a for a in mesh_axes.split("+") if a)
+        if logical not in LOGICAL_AXES:
+            raise MeshError(
+                f"sharding rule {item.strip()!r} names unknown logical axis {logical!r}; "
+                f"known: {', '.join(LOGICAL_AXES)}"
+            )
+        for a in axes:
+            if a not in MESH_AXES:
+                raise MeshError(
+                    f"sharding rule {item.strip()!r} names unknown mesh axis {a!r}; "
+                    f"known: {', '.join(MESH_AXES)}"
+                )
+        rules.append((logical, axes[0] if len(axes) == 1 else (axes or None)))
+    return tuple(rules)
 
 
 def logical_shardings(abstract_tree, mesh: Mesh, rules):
