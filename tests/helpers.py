@@ -137,3 +137,45 @@ def trained_workdir(tmp_path_factory) -> str:
         result = {k: v for k, v in result.items() if k != "examples"}
         done.write_text(json.dumps({"seconds": elapsed, "result": result}))
     return str(path)
+
+
+def tjax_executable() -> str:
+    """The `tjax` console script of the interpreter running the tests."""
+    import sys
+
+    return os.path.join(os.path.dirname(sys.executable), "tjax")
+
+
+def subprocess_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for `tjax` child processes: this session's persistent XLA cache, unbuffered."""
+    return dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONUNBUFFERED="1",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+
+
+class _SummaryLines:
+    """Lines printed in pytest's terminal summary (counts of fault drills and fuzzing)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if self.lines:
+            terminalreporter.section("fault drills and fuzzing")
+            for line in self.lines:
+                terminalreporter.write_line(line)
+
+
+def summary_line(config, line: str) -> None:
+    """Shows `line` at the end of the pytest run (and in the captured output of the test)."""
+    plugin = config.pluginmanager.get_plugin("tjax_summary_lines")
+    if plugin is None:
+        plugin = _SummaryLines()
+        config.pluginmanager.register(plugin, "tjax_summary_lines")
+    plugin.lines.append(line)
+    print(line)

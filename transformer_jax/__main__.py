@@ -10,8 +10,15 @@ import argparse
 import json
 import os
 import sys
+from typing import NoReturn
 
 EPILOG = "Config overrides: any --config.KEY=VALUE, e.g. --config.train.num_steps=500."
+
+
+def _usage_error(message: str) -> NoReturn:
+    """Like argparse's own errors: one line on stderr, exit status 2."""
+    print(f"tjax: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _overrides(extra: list[str]) -> list[str]:
@@ -20,11 +27,11 @@ def _overrides(extra: list[str]) -> list[str]:
     while i < len(extra):
         arg = extra[i]
         if not arg.startswith("--config."):
-            raise SystemExit(f"tjax: error: unrecognized argument {arg!r}")
+            _usage_error(f"unrecognized argument {arg!r}")
         body = arg[len("--config.") :]
         if "=" not in body:
             if i + 1 >= len(extra):
-                raise SystemExit(f"tjax: error: {arg} needs a value")
+                _usage_error(f"{arg} needs a value")
             body, i = f"{body}={extra[i + 1]}", i + 1
         out.append(body)
         i += 1
@@ -61,7 +68,7 @@ def cmd_translate(args, extra) -> int:
     from transformer_jax.pipelines import TranslationPipeline
 
     if extra:
-        raise SystemExit(f"tjax: error: unrecognized arguments {extra}")
+        _usage_error(f"unrecognized arguments {extra}")
     kwargs = {}
     if args.beam_size is not None:
         kwargs["beam_size"] = args.beam_size
@@ -73,8 +80,13 @@ def cmd_translate(args, extra) -> int:
     if args.text:
         texts = args.text
     else:
-        raw = sys.stdin.buffer.read()
-        texts = raw.decode("utf-8", errors="replace").splitlines()
+        raw = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+        # Lines end at "\n" (or "\r\n") only: str.splitlines() would also split at
+        # \x0b, \x0c, \x1c-\x1e, \x85, \u2028 and \u2029 inside a line.
+        texts = raw.split("\n")
+        if texts[-1] == "":
+            texts.pop()
+        texts = [t[:-1] if t.endswith("\r") else t for t in texts]
     out = pipe.translate(texts)
     for line in out:
         print(line)

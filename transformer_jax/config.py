@@ -155,7 +155,7 @@ def set_key(cfg: ml_collections.ConfigDict, dotted: str, raw: Any) -> None:
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             close = difflib.get_close_matches(dotted, _all_keys(cfg), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config key '{dotted}'{hint}")
+            raise ConfigError(f"unknown config key {dotted!r}{hint}")
         if i < len(parts) - 1:
             node = node[part]
     old = node[parts[-1]]
@@ -185,7 +185,7 @@ def _convert(key: str, old: Any, raw: Any) -> Any:
         if isinstance(old, str):
             return text
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, OverflowError):  # OverflowError: "1e999" for an int
         raise ConfigError(f"config key '{key}' expects {type(old).__name__}, got {raw!r}") from None
 
 

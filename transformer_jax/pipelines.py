@@ -75,6 +75,8 @@ class TranslationPipeline:
         return ids[: self.max_source_len - 1] + [eos]
 
     def translate(self, texts: Sequence[str]) -> list[str]:
+        if isinstance(texts, bytes | bytearray) or not isinstance(texts, Iterable):
+            raise InputError(f"expected text (str) or a list of texts, got {type(texts).__name__}")
         texts = list(texts)
         out = [""] * len(texts)
         todo = [i for i, t in enumerate(texts) if (t if isinstance(t, str) else "x").strip()]
@@ -110,7 +112,7 @@ class TranslationPipeline:
     def __call__(self, texts: str | Iterable[str]) -> list[dict[str, str]]:
         if isinstance(texts, str):
             texts = [texts]
-        return [{"translation_text": t} for t in self.translate(list(texts))]
+        return [{"translation_text": t} for t in self.translate(texts)]
 
 
 def _until_eos(ids, eos_id: int) -> list[int]:

@@ -129,6 +129,22 @@ class Checkpointer:
         )
         return out["state"]
 
+    def restore_state_on_host(self, step: int):
+        """The saved state as host (numpy) arrays, whatever topology wrote it.
+
+        Without a target Orbax restores onto the saving run's devices, which fails
+        for a checkpoint written by several processes or another device count.
+        """
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            self.manager.item_metadata(step)["state"],
+        )
+        out = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )
+        return jax.device_get(out["state"])
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

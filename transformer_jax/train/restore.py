@@ -9,7 +9,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from transformer_jax.data.tokenizer_io import tokenizers_from_json
 from transformer_jax.nn.config import TransformerConfig, config_from_json
@@ -59,9 +58,7 @@ def load_for_inference(workdir: str, *, step: int | None = None, averaged: bool 
     for i, candidate in enumerate(candidates):
         try:
             meta = ckpt.restore_meta(candidate)
-            state = ckpt.manager.restore(
-                candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-            )["state"]
+            state = ckpt.restore_state_on_host(candidate)
             src, tgt = tokenizers_from_json(meta["tokenizer"])
             model_config = config_from_json(meta["model"])
             break

@@ -101,9 +101,25 @@ def rules_for(spec: str) -> tuple[tuple[str, object], ...]:
 
 
 def logical_shardings(abstract_tree, mesh: Mesh, rules):
-    """NamedShardings for a tree of (possibly LogicallyPartitioned) abstract values."""
+    """NamedShardings for a tree of (possibly LogicallyPartitioned) abstract values.
+
+    A dimension its mesh axes do not divide (e.g. a vocabulary of 32001 over a
+    tensor axis of 2) is replicated instead of split.
+    """
     specs = nn.get_partition_spec(abstract_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+    boxed = lambda x: isinstance(x, nn.meta.AxisMetadata)
+    values = jax.tree.map(lambda x: x.value if boxed(x) else x, abstract_tree, is_leaf=boxed)
+    return jax.tree.map(_fit_shape, values, shardings)
+
+
+def _fit_shape(x, sharding: NamedSharding) -> NamedSharding:
+    spec = list(sharding.spec)
+    for d, axes in enumerate(spec):
+        names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+        if x.shape[d] % math.prod(sharding.mesh.shape[a] for a in names):
+            spec[d] = None
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

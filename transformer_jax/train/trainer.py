@@ -267,7 +267,7 @@ class Setup:
         self.ckpt.save(
             int(jax.device_get(state.step)),
             state=state,
-            data={"iterator": data_state, "process_count": jax.process_count()},
+            data=_data_meta(data_state),
             config=self.cfg.to_dict(),
             model=config_to_json(self.model_config),
             tokenizer=tokenizers_to_json(self.src_tok, self.tgt_tok),
@@ -391,6 +391,37 @@ class _StopSignal:
         return bool(np.max(flags))
 
 
+def _data_meta(data_state: str) -> dict[str, Any]:
+    """Every host reads its own shard, so every host's iterator position is saved."""
+    meta = {"iterator": data_state, "process_count": jax.process_count()}
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        raw = np.frombuffer(data_state.encode("utf-8"), np.uint8)
+        sizes = multihost_utils.process_allgather(np.asarray([raw.size], np.int32))
+        padded = np.zeros(int(np.max(sizes)), np.uint8)
+        padded[: raw.size] = raw
+        rows = multihost_utils.process_allgather(padded)
+        meta["iterators"] = [
+            bytes(row[: int(n)]).decode("utf-8")
+            for row, n in zip(rows, np.asarray(sizes).reshape(-1))
+        ]
+    return meta
+
+
+def _data_state_of_this_process(data: dict[str, Any]) -> str:
+    saved = int(data.get("process_count", 1))
+    states = data.get("iterators") or [data["iterator"]]
+    if saved == jax.process_count() and len(states) == saved:
+        return states[jax.process_index()]
+    log(
+        f"the checkpoint's data position was saved by {saved} process(es), this run has "
+        f"{jax.process_count()}: every process resumes at process 0's position of its own "
+        "shard, so the batches differ from those of an uninterrupted run"
+    )
+    return states[0]
+
+
 def _check_batch_layout(setup: Setup, batch: dict[str, np.ndarray]) -> None:
     rows = next(iter(batch.values())).shape[0] * jax.process_count()
     dp = shd.data_parallel_size(setup.mesh)
@@ -436,7 +467,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
     )
     it = iter(ds)
     if setup.meta is not None:
-        restore_iterator_state(it, setup.meta["data"]["iterator"])
+        restore_iterator_state(it, _data_state_of_this_process(setup.meta["data"]))
 
     _, _, state_shardings = setup.abstract_state()
     step_fn = jax.jit(
@@ -654,8 +685,6 @@ def average_checkpoints(workdir: str, last: int) -> dict[str, Any]:
     Writes the result to `<workdir>/checkpoints_averaged/<latest step>`; training
     checkpoints are left untouched.
     """
-    import orbax.checkpoint as ocp
-
     from transformer_jax.train.restore import open_checkpoints
 
     if last < 1:
@@ -671,9 +700,7 @@ def average_checkpoints(workdir: str, last: int) -> dict[str, Any]:
     chosen = steps[-last:]
     total = None
     for s in chosen:
-        state = ckpt.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
-            "state"
-        ]
+        state = ckpt.restore_state_on_host(s)
         params = jax.tree.map(lambda x: np.asarray(x, np.float64), state["params"])
         total = params if total is None else jax.tree.map(np.add, total, params)
         newest = state

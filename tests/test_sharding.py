@@ -1,0 +1,395 @@
+"""Meshes, sharding rules and the memory/precision options of the train step.
+
+The steps run through `Setup` and `train_step`, jitted exactly as the trainer
+does, on the same host batches, so only the mesh (or the option under test)
+differs between the runs being compared.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import prepared_data_dir, tiny_config
+
+from transformer_jax.train import sharding as shd
+from transformer_jax.train.trainer import Setup, TrainState, train_and_evaluate, train_step
+
+NUM_STEPS = 4
+
+MESHES = {
+    "1 device": dict(mesh__num_devices=1),
+    "data_parallel 8x1x1": dict(mesh__data=8, mesh__rules="data_parallel"),
+    "fsdp 1x8x1": dict(mesh__data=1, mesh__fsdp=8, mesh__rules="fsdp"),
+    "fsdp_tensor 2x2x2": dict(
+        mesh__data=2, mesh__fsdp=2, mesh__tensor=2, mesh__rules="fsdp_tensor"
+    ),
+    "fsdp_tensor 1x4x2": dict(
+        mesh__data=1, mesh__fsdp=4, mesh__tensor=2, mesh__rules="fsdp_tensor"
+    ),
+}
+
+# Which mesh axis each logical axis of a parameter goes to, written out per strategy.
+EXPECTED_AXES = {
+    "1 device": {},
+    "data_parallel 8x1x1": {},
+    "fsdp 1x8x1": {"embed": "fsdp"},
+    "fsdp_tensor 2x2x2": {
+        "embed": "fsdp",
+        "heads": "tensor",
+        "kv_heads": "tensor",
+        "mlp": "tensor",
+        "vocab": "tensor",
+    },
+}
+EXPECTED_AXES["fsdp_tensor 1x4x2"] = EXPECTED_AXES["fsdp_tensor 2x2x2"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return prepared_data_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def env(data_dir, tmp_path_factory):
+    """One tokenizer file for every Setup here, and the first host batches of the data."""
+    first = Setup(tiny_config(data_dir), str(tmp_path_factory.mktemp("tok")), for_training=True)
+    path = str(tmp_path_factory.mktemp("tok") / "spm.model")
+    first.src_tok.save(path)
+    it = iter(first.task.train_dataset(first.src_tok, first.tgt_tok, 0, 1))
+    batches = [next(it) for _ in range(30)]
+    assert batches[0]["inputs"].shape == (16, 32)
+    assert first.model_config.vocab_size == 200  # divisible by every tensor axis here
+
+    def make(**overrides) -> Setup:
+        cfg = tiny_config(data_dir, tokenizer__path=path, **overrides)
+        return Setup(cfg, str(tmp_path_factory.mktemp("setup")), for_training=True)
+
+    return make, batches
+
+
+def jitted_step(setup: Setup):
+    """`train_step` compiled with the trainer's shardings."""
+    _, _, shardings = setup.abstract_state()
+    return jax.jit(
+        functools.partial(
+            train_step,
+            task=setup.task,
+            model=setup.train_model,
+            tx=setup.tx,
+            base_rng=jax.random.key(setup.cfg.seed),
+            accum_steps=setup.cfg.train.grad_accum_steps,
+        ),
+        in_shardings=(shardings, shd.batch_sharding(setup.mesh)),
+        out_shardings=(shardings, shd.replicated(setup.mesh)),
+    )
+
+
+def run_steps(setup: Setup, batches, state=None):
+    """(final state, per-step host metrics with "loss" = token-weighted mean loss)."""
+    step = jitted_step(setup)
+    state = setup.initial_state() if state is None else state
+    out = []
+    with setup.context():
+        for batch in batches:
+            state, metrics = step(state, shd.global_batch(batch, setup.mesh))
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            m["loss"] = m["loss_sum"] / m["weight_sum"]
+            out.append(m)
+    return state, out
+
+
+def logical_names(setup: Setup):
+    """The logical axis names of every parameter, as the model declares them."""
+    batch = setup.task.dummy_batch(setup.model_config)
+    with setup.context():
+        boxed = jax.eval_shape(
+            lambda r: setup.task.init_variables(setup.model, r, batch)["params"],
+            jax.random.key(0),
+        )
+    return nn.get_partition_spec(boxed)
+
+
+def flat(tree) -> dict[str, object]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
+    return {jax.tree_util.keystr(p): v for p, v in leaves}
+
+
+@pytest.fixture(scope="module")
+def mesh_runs(env):
+    make, batches = env
+    runs = {}
+    for name, overrides in MESHES.items():
+        setup = make(**overrides)
+        initial = setup.initial_state()
+        state, metrics = run_steps(setup, batches[:NUM_STEPS], initial)
+        runs[name] = (setup, state, metrics, initial)
+    return runs
+
+
+# -- meshes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [m for m in MESHES if m != "1 device"])
+def test_every_mesh_gives_the_single_device_losses(mesh_runs, name):
+    """Dropout stays on: its rng is fold_in(seed, step), independent of the mesh."""
+    setup, _, metrics, _ = mesh_runs[name]
+    reference = mesh_runs["1 device"][2]
+    assert dict(setup.mesh.shape) == {
+        "data": int(name.split()[1].split("x")[0]),
+        "fsdp": int(name.split()[1].split("x")[1]),
+        "tensor": int(name.split()[1].split("x")[2]),
+        "sequence": 1,
+    }
+    assert mesh_runs["1 device"][0].mesh.size == 1
+    for i, (got, want) in enumerate(zip(metrics, reference)):
+        assert got["loss"] == pytest.approx(want["loss"], abs=1e-5), (name, i + 1)
+        assert got["weight_sum"] == want["weight_sum"]
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5), (name, i + 1)
+    losses = [m["loss"] for m in reference]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses  # the steps did train
+
+
+@pytest.mark.parametrize("name", list(MESHES))
+def test_parameter_shardings_follow_the_rules(mesh_runs, name):
+    setup, state, _, _ = mesh_runs[name]
+    mesh = setup.mesh
+    expected = EXPECTED_AXES[name]
+    names = flat(logical_names(setup))
+    params = flat(state.params)
+    mu = flat(state.opt_state[-1][0].mu)  # ZeRO-3: Adam's moments are split like the params
+    assert names.keys() == params.keys() == mu.keys()
+    split_any = False
+    for path, logical in names.items():
+        for arr in (params[path], mu[path]):
+            want_spec = tuple(expected.get(a) for a in logical)
+            got_spec = tuple(arr.sharding.spec) + (None,) * (arr.ndim - len(arr.sharding.spec))
+            assert got_spec == want_spec, (name, path, logical)
+            assert len(arr.addressable_shards) == mesh.size
+            want_shape = tuple(
+                n // (mesh.shape[ax] if ax else 1) for n, ax in zip(arr.shape, want_spec)
+            )
+            assert {s.data.shape for s in arr.addressable_shards} == {want_shape}, (name, path)
+            split_any |= want_shape != arr.shape
+    assert split_any == bool(expected)
+    # Spot checks, spelled out: an [embed, mlp] kernel and the [vocab, embed] table.
+    wi = state.params["encoder"]["layer_0"]["mlp"]["wi"]["kernel"]
+    table = state.params["embed"]["embedding"]
+    assert wi.shape == (32, 64) and table.shape == (200, 32)
+    shard_shapes = {
+        "1 device": ((32, 64), (200, 32)),
+        "data_parallel 8x1x1": ((32, 64), (200, 32)),
+        "fsdp 1x8x1": ((4, 64), (200, 4)),
+        "fsdp_tensor 2x2x2": ((16, 32), (100, 16)),
+        "fsdp_tensor 1x4x2": ((8, 32), (100, 8)),
+    }[name]
+    assert wi.addressable_shards[0].data.shape == shard_shapes[0]
+    assert table.addressable_shards[0].data.shape == shard_shapes[1]
+
+
+def test_a_dimension_the_mesh_does_not_divide_is_replicated(env, data_dir, tmp_path):
+    """A 201-token vocabulary over tensor=2 stays whole; its embed dimension is still split."""
+    make, _ = env
+    cfg = tiny_config(
+        data_dir,
+        tokenizer__vocab_size=201,
+        mesh__data=2,
+        mesh__fsdp=2,
+        mesh__tensor=2,
+        mesh__rules="fsdp_tensor",
+    )
+    setup = Setup(cfg, str(tmp_path), for_training=True)
+    assert setup.model_config.vocab_size == 201
+    state = setup.initial_state()
+    table = state.params["embed"]["embedding"]
+    assert tuple(table.sharding.spec) == (None, "fsdp")
+    assert {s.data.shape for s in table.addressable_shards} == {(201, 16)}
+    wi = state.params["encoder"]["layer_0"]["mlp"]["wi"]["kernel"]
+    assert tuple(wi.sharding.spec) == ("fsdp", "tensor")
+
+
+# -- gradient accumulation, remat, scan, bf16 -------------------------------------------------
+
+
+def test_accumulated_micro_batches_equal_one_large_batch(env, mesh_runs):
+    make, batches = env
+    initial = mesh_runs["data_parallel 8x1x1"][3]  # the same params and shardings
+    one, m_one = run_steps(make(model__dropout_rate=0.0), batches[:2], initial)
+    # 16 rows on 8 devices: two micro-batches of 8 rows, one per device.
+    two_setup = make(model__dropout_rate=0.0, train__grad_accum_steps=2)
+    two, m_two = run_steps(two_setup, batches[:2], initial)
+    for a, b in zip(m_one, m_two):
+        for key in ("loss_sum", "nll_sum", "correct_sum", "weight_sum", "src_tokens"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6), key
+        # Adam is invariant to the gradient's scale; the norm is not.
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-6)
+    p1, p2 = flat(one.params), flat(two.params)
+    for path in p1:
+        np.testing.assert_allclose(np.asarray(p2[path]), np.asarray(p1[path]), atol=1e-6)
+
+
+def compiled_loss_and_grads(setup: Setup, batch, params=None):
+    """The compiled `value_and_grad` of the summed token loss (dropout on)."""
+    params = setup.abstract_state()[1].params if params is None else params
+
+    def f(p, b):
+        return jax.value_and_grad(
+            lambda p: setup.task.loss(setup.train_model, p, b, jax.random.key(7))[1]["loss_sum"]
+        )(p)
+
+    with setup.context():
+        return jax.jit(f).lower(params, batch).compile()
+
+
+def traced_loss(setup: Setup, batch) -> str:
+    params = setup.abstract_state()[1].params
+    with setup.context():
+        return str(
+            jax.make_jaxpr(
+                lambda p: setup.task.loss(setup.train_model, p, batch, jax.random.key(7))[0]
+            )(params)
+        )
+
+
+@pytest.fixture(scope="module")
+def no_remat(env):
+    make, batches = env
+    setup = make(mesh__num_devices=1)
+    assert "remat" not in traced_loss(setup, batches[0])
+    params = setup.initial_state().params
+    return params, compiled_loss_and_grads(setup, batches[0], params)(params, batches[0])
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_gives_the_same_loss_and_gradients(env, no_remat, policy):
+    """Dropout on: the recomputed forward pass must draw the same masks."""
+    make, batches = env
+    params, (loss, grads) = no_remat
+    setup = make(mesh__num_devices=1, model__remat=policy)
+    # One rematerialized block per layer (1 encoder + 1 decoder), with the policy asked for.
+    jaxpr = traced_loss(setup, batches[0])
+    assert jaxpr.count("remat2[") == 2
+    assert ("DotsSaveable" in jaxpr) == (policy == "dots")
+    loss_r, grads_r = compiled_loss_and_grads(setup, batches[0], params)(params, batches[0])
+    assert float(loss_r) == pytest.approx(float(loss), rel=1e-6)
+    g, g_r = flat(grads), flat(grads_r)
+    scale = max(float(jnp.max(jnp.abs(x))) for x in g.values())
+    for path in g:
+        np.testing.assert_allclose(np.asarray(g_r[path]), np.asarray(g[path]), atol=1e-6 * scale)
+
+
+def test_remat_lowers_compiled_temporary_memory(env):
+    """XLA's own memory analysis of the compiled gradient, layers under `scan`.
+
+    With unrolled layers the CPU compiler schedules the recomputation early and
+    reports no saving, so the stack is scanned here (as a large model would be).
+    """
+    make, batches = env
+    temp = {}
+    for policy in ("none", "dots", "full"):
+        setup = make(
+            mesh__num_devices=1,
+            model__remat=policy,
+            model__scan_layers=True,
+            model__dropout_rate=0.0,
+            model__num_encoder_layers=2,
+            model__num_decoder_layers=2,
+        )
+        analysis = compiled_loss_and_grads(setup, batches[0]).memory_analysis()
+        if analysis is None:
+            pytest.skip("this backend reports no memory analysis")
+        temp[policy] = analysis.temp_size_in_bytes
+    # Measured: none 8.5 MB, dots 5.1 MB, full 2.8 MB.
+    assert temp["full"] < temp["dots"] < temp["none"], temp
+    assert temp["full"] < 0.6 * temp["none"], temp
+
+
+def test_scanned_layers_match_unrolled_layers_with_restacked_params(env):
+    make, batches = env
+    layers = dict(model__dropout_rate=0.0, model__num_encoder_layers=2, model__num_decoder_layers=2)
+    unrolled = make(mesh__num_devices=1, **layers)
+    scanned = make(mesh__num_devices=1, model__scan_layers=True, **layers)
+    start = unrolled.initial_state()
+    p = jax.device_get(start.params)
+    stacked = {k: v for k, v in p.items() if k not in ("encoder", "decoder")}
+    for stack in ("encoder", "decoder"):
+        per_layer = [p[stack][f"layer_{i}"] for i in range(2)]
+        rest = {k: v for k, v in p[stack].items() if not k.startswith("layer_")}
+        stacked[stack] = dict(rest, layers=jax.tree.map(lambda *xs: np.stack(xs), *per_layer))
+    _, _, shardings = scanned.abstract_state()
+    assert jax.tree.structure(stacked) == jax.tree.structure(shardings.params)
+    state = jax.device_put(
+        TrainState(
+            step=jnp.zeros((), jnp.int32), params=stacked, opt_state=scanned.tx.init(stacked)
+        ),
+        shardings,
+    )
+    _, m_unrolled = run_steps(unrolled, batches[:3], start)
+    _, m_scanned = run_steps(scanned, batches[:3], state)
+    for a, b in zip(m_unrolled, m_scanned):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+    assert m_scanned[-1]["loss"] < m_scanned[0]["loss"]
+
+
+def test_bfloat16_compute_trains_with_float32_params(env, mesh_runs):
+    make, batches = env
+    setup = make(mesh__data=8, model__dtype="bfloat16")
+    assert setup.model_config.dtype == jnp.bfloat16
+    _, _, f32_metrics, initial = mesh_runs["data_parallel 8x1x1"]
+    state, metrics = run_steps(setup, batches, initial)
+    losses = [m["loss"] for m in metrics]
+    f32_first = f32_metrics[0]["loss"]
+    # bf16 keeps 8 bits of mantissa: ~0.4% per rounding; the first loss agrees within 2%.
+    assert losses[0] == pytest.approx(f32_first, rel=2e-2)
+    assert losses[0] != f32_first  # it did compute in bfloat16
+    assert np.mean(losses[-5:]) < losses[0] - 0.8, losses
+    assert all(np.isfinite(losses)) and not any(m["nonfinite"] for m in metrics)
+    for leaf in jax.tree.leaves(state.params) + jax.tree.leaves(state.opt_state[-1][0].mu):
+        assert leaf.dtype == jnp.float32
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def fails_before_training(cfg, workdir: str) -> str:
+    with pytest.raises(shd.MeshError) as e:
+        train_and_evaluate(cfg, workdir)
+    message = str(e.value)
+    assert "\n" not in message
+    assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+    ckpts = os.path.join(workdir, "checkpoints")
+    assert not os.path.isdir(ckpts) or not os.listdir(ckpts)
+    return message
+
+
+def test_mesh_that_does_not_fit_the_devices(data_dir, tmp_path):
+    message = fails_before_training(tiny_config(data_dir, mesh__data=3), str(tmp_path))
+    assert "'data': 3" in message and "8 devices" in message
+    message = fails_before_training(
+        tiny_config(data_dir, mesh__data=2, mesh__fsdp=2), str(tmp_path)
+    )
+    assert "uses 4 devices" in message and "8 are available" in message
+    message = fails_before_training(tiny_config(data_dir, mesh__num_devices=9), str(tmp_path))
+    assert "mesh.num_devices=9" in message and "8 devices" in message
+
+
+def test_unknown_axis_in_a_custom_rule(data_dir, tmp_path):
+    cfg = tiny_config(data_dir, mesh__rules="batch:data+fsdp,embed:fsdpp")
+    message = fails_before_training(cfg, str(tmp_path))
+    assert "'fsdpp'" in message and "unknown mesh axis" in message
+    cfg = tiny_config(data_dir, mesh__rules="batch:data+fsdp,hidden:fsdp")
+    message = fails_before_training(cfg, str(tmp_path))
+    assert "'hidden'" in message and "unknown logical axis" in message
+
+
+def test_batch_not_divisible_by_the_data_parallel_size(data_dir, tmp_path):
+    cfg = tiny_config(data_dir, train__grad_accum_steps=3)
+    message = fails_before_training(cfg, str(tmp_path))
+    assert "16 rows" in message and "data-parallel size 8" in message
+    assert "grad_accum_steps 3" in message
