@@ -404,7 +404,7 @@ def test_truncated_state_falls_back_to_the_previous_step(
 
 
 @pytest.mark.parametrize("item", ["config", "model", "tokenizer", "data"])
-def test_damaged_json_item_falls_back(item, trained, data_dir, tmp_path, capsys):
+def test_damaged_json_item_falls_back(item, trained, data_dir, tmp_path, capsys, request):
     workdir = copy_workdir(trained, tmp_path / "copy")
     latest, previous = TRAINED_STEPS, TRAINED_STEPS - 4
     path = os.path.join(workdir, "checkpoints", str(latest), item, "metadata")
@@ -428,6 +428,11 @@ def test_damaged_json_item_falls_back(item, trained, data_dir, tmp_path, capsys)
         setup.ckpt.close()
     assert restorable_steps(workdir)[-1] == previous
     assert os.listdir(os.path.join(workdir, "damaged_checkpoints"))[0].startswith(f"{latest}-")
+    summary_line(
+        request.config,
+        f"damaged checkpoint drill: truncated {item} item of step {latest} -> fell back to "
+        f"step {previous} (inference and training), quarantined",
+    )
 
 
 # -- 4. numerical faults --------------------------------------------------------------------

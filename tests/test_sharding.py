@@ -140,12 +140,8 @@ def test_every_mesh_gives_the_single_device_losses(mesh_runs, name):
     """Dropout stays on: its rng is fold_in(seed, step), independent of the mesh."""
     setup, _, metrics, _ = mesh_runs[name]
     reference = mesh_runs["1 device"][2]
-    assert dict(setup.mesh.shape) == {
-        "data": int(name.split()[1].split("x")[0]),
-        "fsdp": int(name.split()[1].split("x")[1]),
-        "tensor": int(name.split()[1].split("x")[2]),
-        "sequence": 1,
-    }
+    data, fsdp, tensor = (int(n) for n in name.split()[1].split("x"))
+    assert dict(setup.mesh.shape) == {"data": data, "fsdp": fsdp, "tensor": tensor, "sequence": 1}
     assert mesh_runs["1 device"][0].mesh.size == 1
     for i, (got, want) in enumerate(zip(metrics, reference)):
         assert got["loss"] == pytest.approx(want["loss"], abs=1e-5), (name, i + 1)
@@ -192,9 +188,8 @@ def test_parameter_shardings_follow_the_rules(mesh_runs, name):
     assert table.addressable_shards[0].data.shape == shard_shapes[1]
 
 
-def test_a_dimension_the_mesh_does_not_divide_is_replicated(env, data_dir, tmp_path):
+def test_a_dimension_the_mesh_does_not_divide_is_replicated(data_dir, tmp_path):
     """A 201-token vocabulary over tensor=2 stays whole; its embed dimension is still split."""
-    make, _ = env
     cfg = tiny_config(
         data_dir,
         tokenizer__vocab_size=201,
@@ -345,8 +340,8 @@ def test_bfloat16_compute_trains_with_float32_params(env, mesh_runs):
     state, metrics = run_steps(setup, batches, initial)
     losses = [m["loss"] for m in metrics]
     f32_first = f32_metrics[0]["loss"]
-    # bf16 keeps 8 bits of mantissa: ~0.4% per rounding; the first loss agrees within 2%.
-    assert losses[0] == pytest.approx(f32_first, rel=2e-2)
+    # bf16 keeps 8 bits of mantissa (~0.4% per rounding); measured: 1.3e-4 relative.
+    assert losses[0] == pytest.approx(f32_first, rel=5e-3)
     assert losses[0] != f32_first  # it did compute in bfloat16
     assert np.mean(losses[-5:]) < losses[0] - 0.8, losses
     assert all(np.isfinite(losses)) and not any(m["nonfinite"] for m in metrics)

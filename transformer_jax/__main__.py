@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command != "train" and args.command != "eval" and extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"unrecognized arguments: {' '.join(map(repr, extra))}")
     from transformer_jax.errors import USER_ERRORS
     from transformer_jax.train.trainer import Preempted
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from transformer_jax.data.tokenizer_io import tokenizers_from_json
 from transformer_jax.nn.config import TransformerConfig, config_from_json
@@ -78,6 +79,8 @@ def load_for_inference(workdir: str, *, step: int | None = None, averaged: bool 
             )
     step = candidate
     cfg = ml_collections.ConfigDict(meta["config"])
-    params = jax.tree.map(jax.numpy.asarray, state["params"])
+    # Uncommitted arrays (from host copies): jitted eval/decoding may place them on any
+    # mesh, rather than failing on params pinned to the one device they were read onto.
+    params = jax.tree.map(lambda x: jax.numpy.asarray(np.asarray(x)), state["params"])
     ckpt.close()
     return Loaded(params, model_config, src, tgt, cfg, step)

@@ -328,19 +328,37 @@ def _pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
 
 
 def evaluate_loss(setup: Setup, params, split: str, max_batches: int) -> dict[str, float]:
-    ds = setup.task.eval_dataset(
-        setup.src_tok, setup.tgt_tok, split, jax.process_index(), jax.process_count()
-    )
+    """Token-weighted eval metrics over a split (or its first `max_batches` batches).
+
+    Every host reads its own shard; hosts with fewer batches add all-padding
+    batches (weight zero) so that all hosts run the same number of steps.
+    """
+    hosts = jax.process_count()
+    ds = setup.task.eval_dataset(setup.src_tok, setup.tgt_tok, split, jax.process_index(), hosts)
     fn = jax.jit(functools.partial(eval_step, task=setup.task, model=setup.model))
     rows = max(setup.cfg.data.eval_tokens_per_batch // setup.cfg.data.max_length, 1)
-    dp = shd.data_parallel_size(setup.mesh)
-    rows = -(-rows // dp) * dp
+    step = shd.data_parallel_size(setup.mesh) * hosts
+    local_rows = -(-rows // step) * step // hosts
+    batches = []
+    for i, batch in enumerate(ds):
+        if max_batches and i >= max_batches:
+            break
+        batches.append(_pad_rows(batch, local_rows))
+    count = len(batches)
+    if hosts > 1:
+        from jax.experimental import multihost_utils
+
+        count = int(np.max(multihost_utils.process_allgather(np.asarray([count], np.int32))))
+    if count > len(batches):
+        from transformer_jax.data.pipeline import BATCH_KEYS
+
+        shape = (local_rows, setup.cfg.data.max_length)
+        blank = {k: np.zeros(shape, np.int32) for k in BATCH_KEYS}
+        batches += [blank] * (count - len(batches))
     metrics = []
     with setup.context():
-        for i, batch in enumerate(ds):
-            if max_batches and i >= max_batches:
-                break
-            metrics.append(fn(params, shd.global_batch(_pad_rows(batch, rows), setup.mesh)))
+        for batch in batches:
+            metrics.append(fn(params, shd.global_batch(batch, setup.mesh)))
     return summarize(metrics) if metrics else {}
 
 
