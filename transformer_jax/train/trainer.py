@@ -395,16 +395,26 @@ class _StopSignal:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
-    def requested(self, step: int) -> bool:
+    def requested(self, step: int, sync: bool) -> bool:
+        """Whether to save and stop after `step`. All hosts must agree.
+
+        The runtime's preemption notice (TPU maintenance events) is already agreed
+        across hosts; a signal seen by one host is shared only when `sync` (at log
+        steps, where the host waits for the device anyway), so steps keep being
+        dispatched ahead.
+        """
         local = self.signum is not None
         if jax.process_count() == 1:
             return local
         from jax.experimental import multihost_utils
 
-        try:  # the runtime's own preemption notice (TPU maintenance events)
-            local = local or multihost_utils.reached_preemption_sync_point(step)
-        except Exception:
+        try:
+            if multihost_utils.reached_preemption_sync_point(step):
+                return True
+        except Exception:  # no preemption service on this platform
             pass
+        if not sync:
+            return False
         flags = multihost_utils.process_allgather(np.asarray([local], np.int32))
         return bool(np.max(flags))
 
@@ -575,7 +585,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                 step += 1
                 if step % tc.log_every == 0 or step == tc.num_steps:
                     flush()
-                if stop.requested(step):
+                at_log = step % tc.log_every == 0 or step == tc.num_steps
+                if stop.requested(step, sync=at_log):
                     save()
                     setup.ckpt.wait()
                     log(f"\nstopped by signal {stop.signum} at step {step}; checkpoint saved")
