@@ -7,7 +7,6 @@ restore would pick up.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -34,9 +33,9 @@ def _path_name(path) -> str:
 
 
 def checkpoint_dir(workdir: str, averaged: bool = False) -> str:
-    return os.path.join(
-        os.path.abspath(workdir), "checkpoints_averaged" if averaged else "checkpoints"
-    )
+    from transformer_jax.train import paths
+
+    return paths.join(paths.resolve(workdir), "checkpoints_averaged" if averaged else "checkpoints")
 
 
 class Checkpointer:
@@ -155,15 +154,15 @@ class Checkpointer:
 
 def quarantine(ckpt: Checkpointer, step: int, workdir: str) -> str | None:
     """Moves a damaged step out of the checkpoint folder (kept for inspection)."""
-    import shutil
     import time
 
     import jax
 
-    src = os.path.join(ckpt.directory, str(step))
-    dst = os.path.join(workdir, "damaged_checkpoints", f"{step}-{int(time.time())}")
-    if jax.process_index() == 0 and os.path.isdir(src):
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.move(src, dst)
+    from transformer_jax.train import paths
+
+    src = paths.join(ckpt.directory, str(step))
+    dst = paths.join(workdir, "damaged_checkpoints", f"{step}-{int(time.time())}")
+    if jax.process_index() == 0 and paths.isdir(src):
+        paths.move(src, dst)
     ckpt.manager.reload()
     return dst

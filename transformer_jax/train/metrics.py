@@ -18,21 +18,26 @@ class MetricsWriter:
         self.enabled = enabled and jax.process_index() == 0
         self._tb = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._path = os.path.join(workdir, "metrics.jsonl")
-            from tensorboardX import SummaryWriter
+            from transformer_jax.train import paths
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            paths.makedirs(workdir)
+            self._path = paths.join(workdir, "metrics.jsonl")
+            if not paths.is_remote(workdir):  # TensorBoard events for local workdirs
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         if not self.enabled:
             return
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        with open(self._path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        for k, v in scalars.items():
-            self._tb.add_scalar(k, float(v), int(step))
-        self._tb.flush()
+        from transformer_jax.train import paths
+
+        paths.append_line(self._path, json.dumps(row))
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, float(v), int(step))
+            self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from typing import Any
 
@@ -38,10 +37,12 @@ class Loaded:
 
 
 def open_checkpoints(workdir: str, averaged: bool = False) -> Checkpointer:
-    if not os.path.isdir(workdir):
+    from transformer_jax.train import paths
+
+    if not paths.isdir(workdir):
         raise CheckpointError(f"workdir {workdir} does not exist")
     directory = checkpoint_dir(workdir, averaged)
-    if not os.path.isdir(directory):
+    if not paths.isdir(directory):
         what = "averaged checkpoint (run `tjax average` first)" if averaged else "checkpoint"
         raise CheckpointError(f"no {what} in {workdir}")
     return Checkpointer(directory, read_only=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ import optax
 
 from transformer_jax.data.tokenizer_io import tokenizers_from_json, tokenizers_to_json
 from transformer_jax.nn.config import config_to_json
+from transformer_jax.train import paths
 from transformer_jax.train import sharding as shd
 from transformer_jax.train.checkpoint import (
     Checkpointer,
@@ -162,7 +162,7 @@ class Setup:
         step: int | None = None,
     ):
         self.cfg = cfg
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = paths.resolve(workdir)
         self.task = make_task(cfg)
         self.damaged: list[int] = []
         self.ckpt = Checkpointer(
@@ -471,12 +471,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
 
     distributed.initialize()  # no-op on one host; TPU/SLURM/TJAX_* env otherwise
     setup = Setup(cfg, workdir, for_training=True)
-    os.makedirs(setup.workdir, exist_ok=True)
+    paths.makedirs(setup.workdir)
     if jax.process_index() == 0:
-        tmp = os.path.join(setup.workdir, "config.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(cfg.to_dict(), f, indent=2)
-        os.replace(tmp, os.path.join(setup.workdir, "config.json"))
+        paths.write_text(
+            paths.join(setup.workdir, "config.json"), json.dumps(cfg.to_dict(), indent=2)
+        )
     from transformer_jax.data.pipeline import iterator_state_to_json, restore_iterator_state
     from transformer_jax.train import flops as flops_lib
 
@@ -666,7 +665,7 @@ class InferenceSetup:
             set_key(cfg, key, value)
         validate(cfg)
         self.cfg = cfg
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = paths.resolve(workdir)
         self.step = loaded.step
         self.params = loaded.params
         self.task = make_task(cfg)
@@ -699,11 +698,8 @@ def evaluate_checkpoint(
     out = {"step": setup.step, "split": split, "averaged": averaged, **out}
     name = f"eval_{split}_step{setup.step}{'_averaged' if averaged else ''}.json"
     if jax.process_index() == 0:
-        path = os.path.join(setup.workdir, name)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2, ensure_ascii=False)
-        os.replace(tmp, path)
+        path = paths.join(setup.workdir, name)
+        paths.write_text(path, json.dumps(out, indent=2, ensure_ascii=False))
         out["path"] = path
     return out
 
