@@ -160,8 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def quiet_libraries() -> None:
+    """Keeps the console to our own lines: Orbax/tfds info and warnings go to absl at ERROR."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command != "train" and args.command != "eval" and extra:

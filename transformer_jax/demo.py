@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, extra = p.parse_known_args(argv)
 
-    from transformer_jax.__main__ import _overrides
+    from transformer_jax.__main__ import _overrides, quiet_libraries
     from transformer_jax.config import load_config
     from transformer_jax.pipelines import TranslationPipeline
     from transformer_jax.train.trainer import evaluate_checkpoint, train_and_evaluate
 
+    quiet_libraries()
     t0 = time.perf_counter()
     cfg = load_config(os.path.normpath(args.config), _overrides(extra))
     train_and_evaluate(cfg, args.workdir)
