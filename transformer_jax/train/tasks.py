@@ -31,6 +31,9 @@ class Task:
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.cfg = cfg
 
+    def check_data(self) -> None:
+        """Raises a one-line ValueError when the configured dataset cannot be found."""
+
     def make_tokenizers(self, workdir: str):
         raise NotImplementedError
 
@@ -71,6 +74,11 @@ class TranslationTask(Task):
         d = self.cfg.data
         # Generates this package's datasets on first use; others must be prepared.
         return catalog.data_source(d.name, split, d.data_dir or None)
+
+    def check_data(self) -> None:
+        from transformer_jax.data import catalog
+
+        catalog.builder(self.cfg.data.name, self.cfg.data.data_dir or None)
 
     def make_tokenizers(self, workdir: str):
         from transformer_jax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece

@@ -165,6 +165,8 @@ class Setup:
         self.workdir = paths.resolve(workdir)
         self.task = make_task(cfg)
         self.damaged: list[int] = []
+        if for_training:
+            self.task.check_data()  # an unknown dataset fails before anything is written
         self.ckpt = Checkpointer(
             checkpoint_dir(self.workdir, averaged),
             keep=cfg.train.keep_checkpoints,
