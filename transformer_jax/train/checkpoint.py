@@ -164,5 +164,9 @@ def quarantine(ckpt: Checkpointer, step: int, workdir: str) -> str | None:
     dst = paths.join(workdir, "damaged_checkpoints", f"{step}-{int(time.time())}")
     if jax.process_index() == 0 and paths.isdir(src):
         paths.move(src, dst)
+    if jax.process_count() > 1:  # every host sees the move before listing steps again
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
     ckpt.manager.reload()
     return dst
