@@ -49,7 +49,7 @@ def cmd_train(args, extra) -> int:
 
 
 def cmd_eval(args, extra) -> int:
-    from transformer_jax.train.trainer import evaluate_checkpoint
+    from transformer_jax.train.evaluation import evaluate_checkpoint
 
     out = evaluate_checkpoint(
         args.workdir,
@@ -94,7 +94,7 @@ def cmd_translate(args, extra) -> int:
 
 
 def cmd_average(args, extra) -> int:
-    from transformer_jax.train.trainer import average_checkpoints
+    from transformer_jax.train.evaluation import average_checkpoints
 
     print(json.dumps(average_checkpoints(args.workdir, args.last)))
     return 0
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "train" and args.command != "eval" and extra:
         parser.error(f"unrecognized arguments: {' '.join(map(repr, extra))}")
     from transformer_jax.errors import USER_ERRORS
-    from transformer_jax.train.trainer import Preempted
+    from transformer_jax.train.preemption import Preempted
 
     try:
         return args.fn(args, extra)

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformer_jax.__main__ import _overrides, quiet_libraries
     from transformer_jax.config import load_config
     from transformer_jax.pipelines import TranslationPipeline
-    from transformer_jax.train.trainer import evaluate_checkpoint, train_and_evaluate
+    from transformer_jax.train.evaluation import evaluate_checkpoint
+    from transformer_jax.train.trainer import train_and_evaluate
 
     quiet_libraries()
     t0 = time.perf_counter()

@@ -6,8 +6,9 @@ from transformer_jax.config import ConfigError
 from transformer_jax.pipelines import InputError
 from transformer_jax.train.checkpoint import CheckpointError
 from transformer_jax.train.distributed import DistributedInitError
+from transformer_jax.train.preemption import Preempted
 from transformer_jax.train.sharding import MeshError
-from transformer_jax.train.trainer import Preempted, TrainingError
+from transformer_jax.train.trainer import TrainingError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
