@@ -90,6 +90,10 @@ def _ids_or_default(
 # ------------------------------------------------------------------------ dispatch
 
 
+@functools.partial(
+    jax.jit,
+    static_argnames=("causal", "implementation", "query_chunk_size", "key_chunk_size"),
+)
 def dot_product_attention(
     query: jax.typing.ArrayLike,
     key: jax.typing.ArrayLike,
