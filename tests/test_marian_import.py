@@ -355,3 +355,48 @@ def test_bad_inputs_are_refused(marian, tmp_path):
     del weights["model.encoder.layer_norm.weight"], weights["model.decoder.layers.1.fc2.bias"]
     save_file(weights, os.path.join(extra, "model.safetensors"))
     _one_line_error(extra, str(tmp_path / "w5"), r"lacks weights \['model.decoder.layers.1.fc2")
+
+
+def test_imported_model_fine_tunes_and_resumes(marian, tmp_path, tmp_path_factory):
+    """`tjax train` on an imported workdir keeps Marian's architecture and tokenizers,
+    starts from the imported weights with a fresh optimizer, and resumes like any run."""
+    import shutil
+
+    import jax
+    import orbax.checkpoint as ocp
+
+    from tests.helpers import prepared_data_dir, tiny_config
+    from transformer_jax.train.trainer import train_and_evaluate
+
+    data_dir = prepared_data_dir(tmp_path_factory)
+    workdir = str(tmp_path / "finetune")
+    shutil.copytree(marian[3], workdir)
+    imported = ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).restore(0)
+    imported_params = jax.tree.map(np.asarray, imported["state"]["params"])
+
+    cfg = tiny_config(
+        data_dir, train__num_steps=2, train__checkpoint_every=2, decode__bleu_examples=4
+    )
+    train_and_evaluate(cfg, workdir)
+    after = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    assert after.all_steps() == [0, 2]
+    saved = after.restore(2)
+    assert saved["model"]["activation"] == "swish"  # Marian's, not the run config's relu
+    assert saved["model"]["position_layout"] == "halves"
+    assert saved["tokenizer"]["kind"] == "marian"
+    moved = jax.tree.map(
+        lambda a, b: not np.array_equal(a, np.asarray(b)), imported_params, saved["state"]["params"]
+    )
+    assert any(jax.tree.leaves(moved))  # the weights were trained
+    same_shapes = jax.tree.map(
+        lambda a, b: a.shape == np.asarray(b).shape, imported_params, saved["state"]["params"]
+    )
+    assert all(jax.tree.leaves(same_shapes))
+
+    cfg4 = tiny_config(
+        data_dir, train__num_steps=4, train__checkpoint_every=2, decode__bleu_examples=4
+    )
+    train_and_evaluate(cfg4, workdir)  # resumes from step 2 with the saved optimizer
+    assert ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).latest_step() == 4
+    out = TranslationPipeline.from_workdir(workdir, beam_size=1)(QUERIES[:2])
+    assert len(out) == 2 and all(isinstance(o["translation_text"], str) for o in out)

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from transformer_jax.data.tokenizer_io import tokenizers_from_json, tokenizers_to_json
-from transformer_jax.nn.config import config_to_json
+from transformer_jax.nn.config import config_from_json, config_to_json
 from transformer_jax.train import paths
 from transformer_jax.train import sharding as shd
 from transformer_jax.train.checkpoint import (
@@ -148,6 +148,7 @@ class Setup:
         self.cfg = cfg
         self.workdir = paths.resolve(workdir)
         self.task = make_task(cfg)
+        self.arch_from_checkpoint = False
         self.damaged: list[int] = []
         if for_training:
             self.task.check_data()  # an unknown dataset fails before anything is written
@@ -210,10 +211,53 @@ class Setup:
         """Reads one step completely (metadata and state); raises if anything is unreadable."""
         meta = self.ckpt.restore_meta(step)
         self.src_tok, self.tgt_tok = tokenizers_from_json(meta["tokenizer"])
-        self._build(meta["model"])
-        _, abstract, _ = self.abstract_state()
-        self.restored_state = self.ckpt.restore_state(step, abstract)
+        imported = not meta.get("data")  # written by `tjax import-hf`: no optimizer, no data
+        self.arch_from_checkpoint = imported or bool(
+            meta["data"].get("architecture_from_checkpoint")
+        )
+        if self.arch_from_checkpoint:
+            self._build_from_saved(meta["model"])
+        else:
+            self._build(meta["model"])
+        if imported:
+            self._load_imported(step)
+        else:
+            _, abstract, _ = self.abstract_state()
+            self.restored_state = self.ckpt.restore_state(step, abstract)
         self.meta, self.step = meta, step
+
+    def _build_from_saved(self, saved_model: dict) -> None:
+        """Architecture from the checkpoint (an imported model), training knobs from the config."""
+        m = self.cfg.model
+        saved = config_from_json(saved_model)
+        self.model_config = saved.replace(
+            dropout_rate=m.dropout_rate,
+            dtype=jnp.dtype(m.dtype),
+            remat=m.remat,
+            attention_impl=m.attention_impl,
+            max_position=max(saved.max_position, self.cfg.data.max_length),
+        )
+        self.tx = make_optimizer(self.cfg.optimizer, self.model_config.d_model)
+        self.model = self.task.build_model(self.model_config)
+        self.train_model = self.task.build_model(self.model_config.replace(deterministic=False))
+
+    def _load_imported(self, step: int) -> None:
+        """Imported weights into the configured shardings, with a fresh optimizer state."""
+        _, abstract, shardings = self.abstract_state()
+        params = jax.device_put(self.ckpt.restore_state_on_host(step)["params"], shardings.params)
+        for (path, a), b in zip(
+            jax.tree_util.tree_flatten_with_path(abstract.params)[0], jax.tree.leaves(params)
+        ):
+            if a.shape != b.shape:
+                raise CheckpointError(
+                    f"imported checkpoint step {step}: {jax.tree_util.keystr(path)} has shape "
+                    f"{b.shape}, the model needs {a.shape}"
+                )
+        with self.context():
+            opt_state = jax.jit(self.tx.init, out_shardings=shardings.opt_state)(params)
+        self.restored_state = TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state
+        )
 
     def context(self):
         """Mesh + logical rules active while tracing, so activation constraints resolve."""
@@ -253,7 +297,9 @@ class Setup:
         self.ckpt.save(
             int(jax.device_get(state.step)),
             state=state,
-            data=_data_meta(data_state),
+            data=dict(
+                _data_meta(data_state), architecture_from_checkpoint=self.arch_from_checkpoint
+            ),
             config=self.cfg.to_dict(),
             model=config_to_json(self.model_config),
             tokenizer=tokenizers_to_json(self.src_tok, self.tgt_tok),
@@ -360,7 +406,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
         setup.src_tok, setup.tgt_tok, jax.process_index(), jax.process_count()
     )
     it = iter(ds)
-    if setup.meta is not None:
+    if setup.meta is not None and setup.meta.get("data"):
         restore_iterator_state(it, _data_state_of_this_process(setup.meta["data"]))
 
     _, _, state_shardings = setup.abstract_state()
