@@ -10,3 +10,19 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+from helpers import prepared_data_dir, trained_workdir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A TFDS data dir holding en_es_grammar/tiny, shared by every test module."""
+    return prepared_data_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """The tiny workdir trained once per session (see helpers.trained_workdir)."""
+    return trained_workdir(tmp_path_factory)

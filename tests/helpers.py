@@ -179,3 +179,72 @@ def summary_line(config, line: str) -> None:
         config.pluginmanager.register(plugin, "tjax_summary_lines")
     plugin.lines.append(line)
     print(line)
+
+
+# -- several processes on localhost as several hosts ---------------------------------------
+
+# Variables that would make a child process join some other distributed job.
+DIST_ENV = (
+    "TJAX_COORDINATOR",
+    "TJAX_NUM_PROCESSES",
+    "TJAX_PROCESS_ID",
+    "TJAX_INIT_TIMEOUT",
+    "TJAX_DISTRIBUTED",
+    "SLURM_JOB_ID",
+    "SLURM_NTASKS",
+)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_env(**extra: str) -> dict[str, str]:
+    """A clean child environment: CPU only, 2 fake devices, this checkout importable."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    env.update(extra)
+    return env
+
+
+def run_hosts(code: str, num: int, timeout: float, **extra: str) -> list[tuple[int, str, str]]:
+    """Runs `python -c code` as `num` hosts of one job on localhost; (rc, stdout, stderr) each."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=proc_env(
+                TJAX_COORDINATOR=f"127.0.0.1:{port}",
+                TJAX_NUM_PROCESSES=str(num),
+                TJAX_PROCESS_ID=str(i),
+                TJAX_INIT_TIMEOUT="60",
+                **extra,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(num)
+    ]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            outs.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return outs

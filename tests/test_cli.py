@@ -10,25 +10,13 @@ from helpers import (
     TINY_CONFIG,
     TRAINED_STEPS,
     compilation_cache,
-    prepared_data_dir,
     tiny_overrides,
-    trained_workdir,
 )
 
 from transformer_jax.__main__ import main
 from transformer_jax.pipelines import TranslationPipeline
 
 TJAX = os.path.join(os.path.dirname(sys.executable), "tjax")
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    return prepared_data_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    return trained_workdir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from helpers import DIST_ENV, free_port, proc_env, run_hosts
 
 from transformer_jax.train import distributed
-
-REPO = Path(__file__).resolve().parent.parent
 
 WORKER = textwrap.dedent(
     """
@@ -57,34 +53,6 @@ FAILING = textwrap.dedent(
     """
 )
 
-DIST_ENV = (
-    "TJAX_COORDINATOR",
-    "TJAX_NUM_PROCESSES",
-    "TJAX_PROCESS_ID",
-    "TJAX_INIT_TIMEOUT",
-    "TJAX_DISTRIBUTED",
-    "SLURM_JOB_ID",
-    "SLURM_NTASKS",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def proc_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    env.update(extra)
-    return env
-
 
 @pytest.fixture
 def fresh(monkeypatch):
@@ -96,31 +64,7 @@ def fresh(monkeypatch):
 
 
 def test_two_processes_compute_a_global_sum():
-    port = free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER],
-            env=proc_env(
-                TJAX_COORDINATOR=f"127.0.0.1:{port}",
-                TJAX_NUM_PROCESSES="2",
-                TJAX_PROCESS_ID=str(i),
-                TJAX_INIT_TIMEOUT="60",
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=90)
-            outs.append((p.returncode, out, err))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    outs = run_hosts(WORKER, 2, timeout=90)
     # rows 0..3 of process 0 and 100..103 of process 1
     expected = float(sum(range(4)) + sum(range(100, 104)))
     for i, (rc, out, err) in enumerate(outs):

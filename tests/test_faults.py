@@ -24,7 +24,6 @@ from helpers import (
     TINY_CONFIG,
     TRAINED_STEPS,
     compilation_cache,
-    prepared_data_dir,
     read_metrics,
     subprocess_env,
     summary_line,
@@ -32,7 +31,6 @@ from helpers import (
     tiny_overrides,
     tjax_executable,
     train_losses,
-    trained_workdir,
 )
 
 from transformer_jax.__main__ import main
@@ -43,16 +41,6 @@ from transformer_jax.train.restore import load_for_inference
 from transformer_jax.train.trainer import Setup, TrainingError, train_and_evaluate
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    return prepared_data_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    return trained_workdir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

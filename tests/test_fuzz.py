@@ -21,7 +21,6 @@ from helpers import (
     subprocess_env,
     summary_line,
     tjax_executable,
-    trained_workdir,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,11 +35,6 @@ FAST = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    return trained_workdir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module", autouse=True)

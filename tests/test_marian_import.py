@@ -357,18 +357,17 @@ def test_bad_inputs_are_refused(marian, tmp_path):
     _one_line_error(extra, str(tmp_path / "w5"), r"lacks weights \['model.decoder.layers.1.fc2")
 
 
-def test_imported_model_fine_tunes_and_resumes(marian, tmp_path, tmp_path_factory):
+def test_imported_model_fine_tunes_and_resumes(marian, tmp_path, data_dir):
     """`tjax train` on an imported workdir keeps Marian's architecture and tokenizers,
     starts from the imported weights with a fresh optimizer, and resumes like any run."""
     import shutil
 
     import jax
     import orbax.checkpoint as ocp
+    from helpers import tiny_config
 
-    from tests.helpers import prepared_data_dir, tiny_config
     from transformer_jax.train.trainer import train_and_evaluate
 
-    data_dir = prepared_data_dir(tmp_path_factory)
     workdir = str(tmp_path / "finetune")
     shutil.copytree(marian[3], workdir)
     imported = ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).restore(0)

@@ -21,31 +21,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from helpers import prepared_data_dir, read_metrics, tiny_config, train, train_losses
+from helpers import read_metrics, run_hosts, tiny_config, train, train_losses
 
 from transformer_jax.train.restore import load_for_inference
 from transformer_jax.train.trainer import Setup, evaluate_loss
 
 TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-DIST_ENV = (
-    "TJAX_COORDINATOR",
-    "TJAX_NUM_PROCESSES",
-    "TJAX_PROCESS_ID",
-    "TJAX_INIT_TIMEOUT",
-    "TJAX_DISTRIBUTED",
-    "SLURM_JOB_ID",
-    "SLURM_NTASKS",
-)
 STEPS = 4
 
 WORKER = textwrap.dedent(
@@ -77,56 +64,18 @@ OVERRIDES = dict(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def proc_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    env.update(extra)
-    return env
-
-
 def run_two_hosts(data_dir: str, workdir: str, cache_dir: str) -> list[tuple[int, str, str]]:
     """`train_and_evaluate` in two processes with 2 CPU devices each (4 global devices)."""
     code = WORKER.format(tests=str(TESTS), data_dir=data_dir, overrides=OVERRIDES, workdir=workdir)
-    port = free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            env=proc_env(
-                TJAX_COORDINATOR=f"127.0.0.1:{port}",
-                TJAX_NUM_PROCESSES="2",
-                TJAX_PROCESS_ID=str(i),
-                TJAX_INIT_TIMEOUT="60",
-                # Both runs compile the same programs: the second reads them back.
-                JAX_COMPILATION_CACHE_DIR=cache_dir,
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=240)
-            outs.append((p.returncode, out, err))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    outs = run_hosts(
+        code,
+        2,
+        timeout=240,
+        # Both runs compile the same programs: the second reads them back.
+        JAX_COMPILATION_CACHE_DIR=cache_dir,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     for i, (rc, out, err) in enumerate(outs):
         assert rc == 0, f"process {i} failed (rc={rc}):\n{out[-2000:]}\n{err[-4000:]}"
     return outs
@@ -142,11 +91,6 @@ def saved_params(workdir: str, step: int) -> dict[str, np.ndarray]:
     params = load_for_inference(workdir, step=step).params
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return prepared_data_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

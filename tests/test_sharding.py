@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import prepared_data_dir, tiny_config
+from helpers import tiny_config
 
 from transformer_jax.train import sharding as shd
 from transformer_jax.train.trainer import Setup, TrainState, train_and_evaluate, train_step
@@ -48,11 +48,6 @@ EXPECTED_AXES = {
     },
 }
 EXPECTED_AXES["fsdp_tensor 1x4x2"] = EXPECTED_AXES["fsdp_tensor 2x2x2"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return prepared_data_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

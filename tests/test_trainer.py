@@ -12,11 +12,9 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import (
     TRAINED_STEPS,
-    prepared_data_dir,
     tiny_config,
     train,
     train_losses,
-    trained_workdir,
 )
 
 from transformer_jax.train.checkpoint import ITEMS, CheckpointError
@@ -24,16 +22,6 @@ from transformer_jax.train.losses import smoothed_cross_entropy
 from transformer_jax.train.optim import make_schedule, rsqrt_schedule
 from transformer_jax.train.restore import open_checkpoints
 from transformer_jax.train.trainer import average_checkpoints, evaluate_checkpoint
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    return prepared_data_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    return trained_workdir(tmp_path_factory)
 
 
 def steps_of(workdir: str, averaged: bool = False) -> list[int]:

@@ -126,7 +126,13 @@ def load_config(
         raise ConfigError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
-    cfg = module.get_config()
+    return apply_overrides(module.get_config(), overrides)
+
+
+def apply_overrides(
+    cfg: ml_collections.ConfigDict, overrides: list[str] | tuple[str, ...] = ()
+) -> ml_collections.ConfigDict:
+    """Locks cfg, applies `key=value` overrides with the fields' own types, validates."""
     cfg.lock()
     for item in overrides:
         key, sep, value = item.partition("=")

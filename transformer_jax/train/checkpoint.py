@@ -170,3 +170,19 @@ def quarantine(ckpt: Checkpointer, step: int, workdir: str) -> str | None:
         multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
     ckpt.manager.reload()
     return dst
+
+
+def steps_to_try(ckpt: Checkpointer, step: int | None) -> list[int]:
+    """The step asked for, or every saved step newest first (for falling back)."""
+    steps = ckpt.all_steps()
+    if step is None:
+        return list(reversed(steps))
+    if step not in steps:
+        raise CheckpointError(f"no checkpoint for step {step} in {ckpt.directory} (have {steps})")
+    return [step]
+
+
+def damage_reason(e: BaseException) -> str:
+    """One line (at most 200 characters) saying why a step could not be read."""
+    first = (str(e).splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}"[:200]

@@ -152,16 +152,11 @@ class InferenceSetup:
         averaged: bool,
         overrides: list[str] | tuple[str, ...] = (),
     ):
-        from transformer_jax.config import set_key, validate
+        from transformer_jax.config import apply_overrides
         from transformer_jax.train.restore import load_for_inference
 
         loaded = load_for_inference(workdir, step=step, averaged=averaged)
-        cfg = loaded.run_config
-        cfg.lock()
-        for item in overrides:
-            key, _, value = item.partition("=")
-            set_key(cfg, key, value)
-        validate(cfg)
+        cfg = apply_overrides(loaded.run_config, overrides)
         self.cfg = cfg
         self.workdir = paths.resolve(workdir)
         self.step = loaded.step

@@ -12,7 +12,13 @@ import numpy as np
 
 from transformer_jax.data.tokenizer_io import tokenizers_from_json
 from transformer_jax.nn.config import TransformerConfig, config_from_json
-from transformer_jax.train.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
+from transformer_jax.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    checkpoint_dir,
+    damage_reason,
+    steps_to_try,
+)
 
 
 @dataclasses.dataclass
@@ -51,12 +57,9 @@ def open_checkpoints(workdir: str, averaged: bool = False) -> Checkpointer:
 def load_for_inference(workdir: str, *, step: int | None = None, averaged: bool = False) -> Loaded:
     """Params (as saved, on the default device), configs and tokenizers of one step."""
     ckpt = open_checkpoints(workdir, averaged)
-    steps = ckpt.all_steps()
-    if not steps:
+    if not ckpt.all_steps():
         raise CheckpointError(f"no checkpoint in {ckpt.directory}: train or import first")
-    if step is not None and step not in steps:
-        raise CheckpointError(f"no checkpoint for step {step} in {ckpt.directory} (have {steps})")
-    candidates = [step] if step is not None else list(reversed(steps))
+    candidates = steps_to_try(ckpt, step)
     for i, candidate in enumerate(candidates):
         try:
             meta = ckpt.restore_meta(candidate)
@@ -67,7 +70,7 @@ def load_for_inference(workdir: str, *, step: int | None = None, averaged: bool 
         except CheckpointError:
             raise
         except Exception as e:  # unreadable: damaged or truncated files
-            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            reason = damage_reason(e)
             if step is not None or i + 1 == len(candidates):
                 ckpt.close()
                 raise CheckpointError(

@@ -29,7 +29,9 @@ from transformer_jax.train.checkpoint import (
     Checkpointer,
     CheckpointError,
     checkpoint_dir,
+    damage_reason,
     quarantine,
+    steps_to_try,
 )
 from transformer_jax.train.evaluation import (  # noqa: F401  (re-exported)
     MeshContext,
@@ -148,8 +150,9 @@ class Setup:
         self.cfg = cfg
         self.workdir = paths.resolve(workdir)
         self.task = make_task(cfg)
+        self._abstract = None
         self.arch_from_checkpoint = False
-        self.damaged: list[int] = []
+        self.damaged: list[int] = []  # steps found unreadable, newest first
         if for_training:
             self.task.check_data()  # an unknown dataset fails before anything is written
         self.ckpt = Checkpointer(
@@ -161,12 +164,8 @@ class Setup:
         self.rules = shd.rules_for(cfg.mesh.rules)
         self.restored_state = None
         self.meta = None
-        steps = self.ckpt.all_steps()
-        if step is not None and step not in steps:
-            raise CheckpointError(
-                f"no checkpoint for step {step} in {self.ckpt.directory} (have {steps})"
-            )
-        candidates = [step] if step is not None else list(reversed(steps))
+        self.step = None
+        candidates = steps_to_try(self.ckpt, step)
         for i, candidate in enumerate(candidates):
             try:
                 self._load(candidate, for_training)
@@ -174,24 +173,20 @@ class Setup:
             except CheckpointError:
                 raise
             except Exception as e:  # unreadable files: a damaged or truncated step
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                reason = damage_reason(e)
                 if step is not None:
                     raise CheckpointError(
                         f"checkpoint step {candidate} in {self.ckpt.directory} is damaged "
-                        f"({reason[:200]})"
+                        f"({reason})"
                     ) from None
                 older = candidates[i + 1] if i + 1 < len(candidates) else None
                 log(
-                    f"checkpoint step {candidate} is damaged ({reason[:200]}); "
+                    f"checkpoint step {candidate} is damaged ({reason}); "
                     + (f"falling back to step {older}" if older is not None else "starting over")
                 )
                 self.damaged.append(candidate)
                 if for_training:
                     quarantine(self.ckpt, candidate, self.workdir)
-        else:
-            self.step = None
-            self.meta = None
-            self.restored_state = None
         if self.meta is None:
             if not for_training:
                 raise CheckpointError(f"no checkpoint in {self.ckpt.directory}: train first")
@@ -200,12 +195,18 @@ class Setup:
             self._build(None)
 
     def _build(self, saved_model: dict | None) -> None:
-        self.model_config = self.task.model_config(self.src_tok, self.tgt_tok)
+        config = self.task.model_config(self.src_tok, self.tgt_tok)
         if saved_model is not None:
-            _check_same_model(saved_model, config_to_json(self.model_config), self.ckpt)
-        self.tx = make_optimizer(self.cfg.optimizer, self.model_config.d_model)
-        self.model = self.task.build_model(self.model_config)
-        self.train_model = self.task.build_model(self.model_config.replace(deterministic=False))
+            _check_same_model(saved_model, config_to_json(config), self.ckpt)
+        self._set_model(config)
+
+    def _set_model(self, config) -> None:
+        """The model config and everything derived from it."""
+        self.model_config = config
+        self.tx = make_optimizer(self.cfg.optimizer, config.d_model)
+        self.model = self.task.build_model(config)
+        self.train_model = self.task.build_model(config.replace(deterministic=False))
+        self._abstract = None
 
     def _load(self, step: int, for_training: bool) -> None:
         """Reads one step completely (metadata and state); raises if anything is unreadable."""
@@ -230,16 +231,15 @@ class Setup:
         """Architecture from the checkpoint (an imported model), training knobs from the config."""
         m = self.cfg.model
         saved = config_from_json(saved_model)
-        self.model_config = saved.replace(
-            dropout_rate=m.dropout_rate,
-            dtype=jnp.dtype(m.dtype),
-            remat=m.remat,
-            attention_impl=m.attention_impl,
-            max_position=max(saved.max_position, self.cfg.data.max_length),
+        self._set_model(
+            saved.replace(
+                dropout_rate=m.dropout_rate,
+                dtype=jnp.dtype(m.dtype),
+                remat=m.remat,
+                attention_impl=m.attention_impl,
+                max_position=max(saved.max_position, self.cfg.data.max_length),
+            )
         )
-        self.tx = make_optimizer(self.cfg.optimizer, self.model_config.d_model)
-        self.model = self.task.build_model(self.model_config)
-        self.train_model = self.task.build_model(self.model_config.replace(deterministic=False))
 
     def _load_imported(self, step: int) -> None:
         """Imported weights into the configured shardings, with a fresh optimizer state."""
@@ -264,7 +264,12 @@ class Setup:
         return MeshContext(self.mesh, self.rules)
 
     def abstract_state(self):
-        """Shapes and NamedShardings of the train state, without allocating it."""
+        """(init fn, shapes, NamedShardings) of the train state, traced once per model config."""
+        if self._abstract is None:
+            self._abstract = self._trace_state()
+        return self._abstract
+
+    def _trace_state(self):
         batch = self.task.dummy_batch(self.model_config)
 
         def init(rng):
@@ -495,9 +500,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                     (batch["inputs"].shape[0], batch["inputs"].shape[1], batch["targets"].shape[1])
                 )
                 step += 1
-                if step % tc.log_every == 0 or step == tc.num_steps:
-                    flush()
                 at_log = step % tc.log_every == 0 or step == tc.num_steps
+                if at_log:
+                    flush()
                 if stop.requested(step, sync=at_log):
                     save()
                     setup.ckpt.wait()
