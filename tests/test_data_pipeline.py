@@ -120,7 +120,7 @@ def test_prepare_and_read_back(tiny_dir):
     mtime = os.path.getmtime(marker)
     catalog.prepare("en_es_grammar/tiny", tiny_dir)  # idempotent: nothing regenerated
     assert os.path.getmtime(marker) == mtime
-    assert str(b.version) == "1.0.0" and b.name == "en_es_grammar"
+    assert str(b.version) == "1.1.0" and b.name == "en_es_grammar"
 
 
 def test_prepare_full_config(tmp_path):

@@ -6,6 +6,12 @@ negation, yes/no questions, objects (with the Spanish personal "a"),
 prepositional phrases (with the contractions "al" and "del") and the copulas
 "ser"/"estar".
 
+Surface variants: a seeded share of the sentences is written the way people
+also type them, identically on both sides: ending in "!" (Spanish "¡...!"),
+without the final period, all in capitals, or all in lower case. First and
+second person singular subjects ("I", "you") are drawn more often than the
+other pronouns, and sentences may be as short as "I slept.".
+
 Held-out generalisation: a seeded set of (noun, adjective) and (subject noun,
 verb) combinations never occurs in the train split; every validation and test
 sentence contains at least one of them.
@@ -20,7 +26,7 @@ from collections.abc import Sequence
 
 SPLITS = ("train", "validation", "test")
 SPLIT_SIZES = {"train": 60_000, "validation": 1_000, "test": 1_000}
-MIN_WORDS, MAX_WORDS = 3, 14
+MIN_WORDS, MAX_WORDS = 2, 14
 
 PERSON, ANIMAL, THING = "person", "animal", "thing"
 
@@ -298,6 +304,18 @@ PRONOUNS: tuple[tuple[str, str, int, str], ...] = (
     ("they", "ellos", 4, "m"),
 )
 
+# "I" and "you" are what people type most: drawn three times as often as each other pronoun.
+PRONOUN_WEIGHTS: tuple[int, ...] = (3, 3, 1, 1, 1, 1)
+
+# Share of sentences written in each surface variant (drawn independently, so a
+# sentence may be both shouted and in capitals). Questions keep their "?".
+SURFACE_VARIANTS: dict[str, float] = {
+    "exclamation": 0.06,  # "The cat sleeps!" -> "¡El gato duerme!"
+    "no_period": 0.06,  # "The cat sleeps" -> "El gato duerme"
+    "upper": 0.04,  # "THE CAT SLEEPS." -> "EL GATO DUERME."
+    "lower": 0.03,  # "the cat sleeps." -> "el gato duerme."
+}
+
 _BE_PRESENT = ("am", "are", "is", "are", "are")
 _BE_PAST = ("was", "were", "was", "were", "were")
 _DO = ("do", "do", "does", "do", "do")
@@ -370,7 +388,8 @@ class Grammar:
         self, rng: random.Random, nouns: Sequence[Noun], pronoun_p: float, pronouns: Sequence[int]
     ) -> Subject:
         if rng.random() < pronoun_p:
-            en, es, person, gender = PRONOUNS[pronouns[int(rng.random() * len(pronouns))]]
+            bag = [i for i in pronouns for _ in range(PRONOUN_WEIGHTS[i])]
+            en, es, person, gender = PRONOUNS[bag[int(rng.random() * len(bag))]]
             return Subject([en], [es], person, gender, None, None)
         noun = nouns[int(rng.random() * len(nouns))]
         en, es, plural, adjective = self.noun_phrase(rng, noun)
@@ -461,7 +480,8 @@ class Grammar:
 
     def _copula_adjective(self, rng: random.Random) -> tuple | None:
         past, negated, question = self._mode(rng)
-        subject = self.subject(rng, NOUNS, 0.25, (2, 3, 4, 5))
+        # "I"/"you" take the masculine form ("Yo estoy cansado."), Spanish's default.
+        subject = self.subject(rng, NOUNS, 0.3, range(len(PRONOUNS)))
         kind = subject.noun.kind if subject.noun else PERSON
         options = self.adjectives_for[kind]
         adjective = options[int(rng.random() * len(options))]
@@ -505,6 +525,24 @@ class Grammar:
         return []
 
 
+def surface_variant(en: str, es: str, variants: Sequence[str]) -> Pair:
+    """Rewrites a pair in the given surface variants (see SURFACE_VARIANTS), both sides alike."""
+    question = en.endswith("?")
+    if "exclamation" in variants and not question:
+        en, es = en[:-1] + "!", _capitalise("¡" + es[0].lower() + es[1:-1] + "!")
+    if "no_period" in variants and en.endswith("."):
+        en, es = en[:-1], es[:-1]
+    if "upper" in variants:
+        en, es = en.upper(), es.upper()
+    elif "lower" in variants:
+        en, es = en.lower(), es.lower()
+    return en, es
+
+
+def _draw_variants(rng: random.Random) -> tuple[str, ...]:
+    return tuple(name for name, p in SURFACE_VARIANTS.items() if rng.random() < p)
+
+
 def cat_sentence() -> Pair:
     """Builds "The cat sleeps on the couch." through the grammar's own phrase rules."""
     nouns = {n.en: n for n in NOUNS}
@@ -546,6 +584,7 @@ def _generate(seed: int) -> dict[str, tuple[tuple[str, str, frozenset[Combinatio
     out: dict[str, list[tuple[str, str, frozenset[Combination]]]] = {s: [] for s in SPLITS}
     out["train"].append((cat_en, cat_es, frozenset({("subject_verb", "cat", "sleep")})))
     seen = {cat_en}
+    surface_rng = random.Random(f"surface/{seed}")  # its own stream: variants never shift samples
     while any(len(out[s]) < SPLIT_SIZES[s] for s in SPLITS):
         sample = grammar.sample(rng)
         if sample is None or sample[0] in seen:
@@ -555,8 +594,9 @@ def _generate(seed: int) -> dict[str, tuple[tuple[str, str, frozenset[Combinatio
         else:
             split = "train"
         if len(out[split]) < SPLIT_SIZES[split]:
-            out[split].append(sample)
-            seen.add(sample[0])
+            seen.add(sample[0])  # the plain form: no sentence appears in two variants
+            en, es = surface_variant(sample[0], sample[1], _draw_variants(surface_rng))
+            out[split].append((en, es, sample[2]))
     return {s: tuple(v) for s, v in out.items()}
 
 
