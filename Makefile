@@ -3,29 +3,39 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CORE_STAMP := $(VENV)/.installed-core
 DEMO_DIR ?= runs/demo
 PYTEST_WORKERS ?= 2
+SOURCES := transformer_jax tests benchmarks launch
 
 .PHONY: install demo test lint format bench clean
 
+# install: the package with the test, lint and benchmark tools (PyTorch, transformers).
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
-	@touch $(STAMP)
 
-demo: install
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	@touch $(STAMP) $(CORE_STAMP)
+
+# The demo needs the package alone (configs/ is the package's transformer_jax/configs/).
+$(CORE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e . --config-settings editable_mode=compat
+	@touch $(CORE_STAMP)
+
+demo: $(CORE_STAMP)
 	$(BIN)/python -m transformer_jax.demo --workdir $(DEMO_DIR)
 
 lint: install
-	$(BIN)/ruff check transformer_jax tests configs benchmarks launch
-	$(BIN)/ruff format --check transformer_jax tests configs benchmarks launch
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 format: install
-	$(BIN)/ruff format transformer_jax tests configs benchmarks launch
-	$(BIN)/ruff check --fix transformer_jax tests configs benchmarks launch
+	$(BIN)/ruff format $(SOURCES)
+	$(BIN)/ruff check --fix $(SOURCES)
 
 test: install lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15 tests

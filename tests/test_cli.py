@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -192,7 +193,7 @@ def test_eval_command(trained, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["split"] == "test" and out["step"] == TRAINED_STEPS
     assert 0.0 <= out["test/bleu"] <= 100.0 and out["test/loss"] > 0
-    assert out["path"] == os.path.join(trained, f"eval_test_step{TRAINED_STEPS}.json")
+    assert out["path"] == os.path.join(trained, f"eval_test_step{TRAINED_STEPS}_limit16.json")
     saved = json.load(open(out["path"]))
     assert saved["test/bleu"] == out["test/bleu"] and saved["test/loss"] == out["test/loss"]
 
@@ -208,3 +209,64 @@ def test_average_command(trained, capsys):
     # The averaged checkpoint translates like any other.
     assert main(["translate", "--workdir", trained, "--averaged", "I am."]) == 0
     assert capsys.readouterr().out.count("\n") == 1
+
+
+# -- configs by name, the demo's environment, progress of tjax eval -------------------------
+
+
+def test_train_takes_a_shipped_config_by_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    argv = ["train", "--workdir", "run", "--config.train.num_stepz=1"]
+    assert main([*argv, "--config", "translate_tiny"]) == 2
+    assert "did you mean 'train.num_steps'" in one_error_line(capsys.readouterr().err, "train")
+    assert main([*argv, "--config", "translate_tinyy"]) == 2
+    line = one_error_line(capsys.readouterr().err, "train")
+    assert "unknown config 'translate_tinyy'" in line and "translate_tiny," in line
+    assert not (tmp_path / "run").exists()
+
+
+def make_dry_run(target: str, venv) -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        ["make", "-n", "-C", root, target, f"VENV={venv}"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="needs make")
+def test_make_demo_installs_the_package_without_the_test_tools(tmp_path):
+    import tomllib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    core = " ".join(project["dependencies"])
+    test = " ".join(project["optional-dependencies"]["test"])
+    for heavy in ("torch", "transformers", "pytest"):
+        assert heavy not in core and heavy in test
+    venv = tmp_path / "venv"
+    demo = make_dry_run("demo", venv)
+    assert "pip install -q -e . " in demo and "[test]" not in demo
+    assert "transformer_jax.demo" in demo
+    assert "pip install -q -e '.[test]'" in make_dry_run("test", venv)
+    # `make demo`, then `make test` in the same environment: the test tools are added.
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch(mode=0o755)
+    (venv / ".installed-core").touch()
+    demo = make_dry_run("demo", venv)
+    assert "pip install" not in demo and "transformer_jax.demo" in demo
+    assert "pip install -q -e '.[test]'" in make_dry_run("test", venv)
+    # After `make test`, `make demo` installs nothing more.
+    (venv / ".installed").touch()
+    assert "pip install" not in make_dry_run("demo", venv)
+
+
+def test_eval_command_names_its_phases(trained, capsys):
+    argv = ["eval", "--workdir", trained, "--split", "test", "--limit", "16"]
+    assert main([*argv, "--config.train.progress=true"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err  # not a terminal: plain lines
+    lines = err.splitlines()
+    assert "decoding 0/16" in lines
+    assert any(line.startswith("evaluating test loss 0/") for line in lines), err

@@ -3,20 +3,33 @@
 import ast
 import glob
 import os
+import shutil
+import subprocess
+import sys
+import zipfile
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from helpers import CONFIGS, TINY_CONFIG
+from helpers import CONFIGS, ROOT, TINY_CONFIG
 
-from transformer_jax.config import ConfigError, load_config, set_key, validate
+from transformer_jax.config import (
+    SHIPPED_CONFIGS,
+    ConfigError,
+    load_config,
+    set_key,
+    shipped_configs,
+    validate,
+)
 from transformer_jax.data import corpus_en_es as corpus
 from transformer_jax.data.pipeline import BATCH_KEYS
 from transformer_jax.data.tokenizer import train_sentencepiece
 from transformer_jax.train.tasks import TranslationTask
 
-CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIGS, "*.py")))
+CONFIG_FILES = sorted(
+    p for p in glob.glob(os.path.join(CONFIGS, "*.py")) if not os.path.basename(p).startswith("_")
+)
 BASE = os.path.join(CONFIGS, "translate_wmt14_base.py")
 BIG = os.path.join(CONFIGS, "translate_wmt14_big.py")
 
@@ -34,7 +47,7 @@ def test_config_loads_and_documents_itself(path):
     with open(path) as f:
         doc = ast.get_docstring(ast.parse(f.read()))
     assert doc, f"{path} has no module docstring"
-    assert f"tjax train --config configs/{os.path.basename(path)}" in doc
+    assert f"tjax train --config {os.path.basename(path)[:-3]} " in doc
     assert "Hardware:" in doc
     # Overrides reach every group of the loaded config.
     cfg = load_config(path, ["train.num_steps=7", "model.dropout_rate=0.2", "decode.alpha=0.5"])
@@ -129,3 +142,87 @@ def test_validate_rejects_a_batch_smaller_than_one_sequence():
         validate(cfg)
     set_key(cfg, "data.tokens_per_batch", "512")
     validate(cfg)  # equal is enough: one full-length sequence per batch
+
+
+# -- configs by name, shipped in the package ------------------------------------------------
+
+
+def test_a_shipped_config_loads_by_name(tmp_path, monkeypatch):
+    assert os.path.samefile(CONFIGS, SHIPPED_CONFIGS)  # the checkout's configs/ is the package's
+    assert shipped_configs() == [os.path.basename(p)[:-3] for p in CONFIG_FILES]
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    by_path = load_config(TINY_CONFIG).to_dict()
+    assert load_config("translate_tiny").to_dict() == by_path
+    assert load_config("translate_tiny.py", ["train.num_steps=7"]).train.num_steps == 7
+    # A file given by path wins over a shipped name.
+    (tmp_path / "translate_tiny.py").write_text(
+        "from transformer_jax.config import translation_base\n"
+        "def get_config():\n"
+        "    c = translation_base()\n"
+        "    c.train.num_steps = 3\n"
+        "    return c\n"
+    )
+    assert load_config("translate_tiny.py").train.num_steps == 3
+    assert load_config("translate_tiny").to_dict() == by_path
+
+
+def test_an_unknown_config_is_one_line_listing_the_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    listed = ", ".join(shipped_configs())
+    with pytest.raises(ConfigError) as e:
+        load_config("translate_tin")
+    assert str(e.value) == f"unknown config 'translate_tin': give a config file or one of {listed}"
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/translate_tiny.py")
+    assert str(e.value) == (
+        f"config file not found: configs/translate_tiny.py (shipped configs, by name: {listed})"
+    )
+
+
+def test_the_wheel_ships_the_configs(tmp_path):
+    """What pip installs (as in Colab) has no checkout: names and the demo use its configs."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src)
+    shutil.copytree(
+        os.path.join(ROOT, "transformer_jax"),
+        src / "transformer_jax",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(tmp_path / "dist"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        z.extractall(site)
+    for path in CONFIG_FILES:
+        assert f"transformer_jax/configs/{os.path.basename(path)}" in names
+
+    env = dict(os.environ, PYTHONPATH=str(site), TF_CPP_MIN_LOG_LEVEL="3")
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+
+    found = run(
+        "-c", "from transformer_jax import config; print(config.config_file('translate_tiny'))"
+    )
+    assert found.stdout.strip() == str(site / "transformer_jax" / "configs" / "translate_tiny.py")
+    # Both stop at the config's override check, after loading the config from the wheel.
+    bad = ["--workdir", "w", "--config.train.num_stepz=1"]
+    train = run("-m", "transformer_jax", "train", "--config", "translate_tiny", *bad)
+    assert train.returncode == 2 and "did you mean 'train.num_steps'" in train.stderr, train.stderr
+    demo = run("-m", "transformer_jax.demo", *bad)
+    assert demo.returncode == 2, demo.stderr
+    assert demo.stderr.strip().splitlines() == [
+        "demo: error: unknown config key 'train.num_stepz' (did you mean 'train.num_steps'?)"
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -39,6 +40,65 @@ WORKER = textwrap.dedent(
     """
 )
 
+# Translation over a mesh (shared by the worker processes and the test process): a randomly
+# initialized model whose parameters are split along "embed" over every device (of all
+# hosts), 37 texts of varied length in decode batches of 16 rows (the last one padded)
+# split over the same devices. A character tokenizer stands in for sentencepiece.
+DECODE = textwrap.dedent(
+    """
+    import flax.linen as nn
+    import jax
+    import ml_collections
+    import numpy as np
+
+    from transformer_jax.models.translation import EncoderDecoder
+    from transformer_jax.nn.config import TransformerConfig
+    from transformer_jax.pipelines import TranslationPipeline
+    from transformer_jax.train import sharding as shd
+    from transformer_jax.train.evaluation import MeshContext
+
+    CONFIG = TransformerConfig(
+        vocab_size=64, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1,
+        num_decoder_layers=1, dropout_rate=0.0, max_position=64,
+    )
+
+    class Chars:
+        def encode(self, text):
+            return [3 + ord(c) % 61 for c in text]
+
+        def decode(self, ids):
+            return " ".join(str(i) for i in ids)
+
+    def texts():
+        rng = np.random.default_rng(0)
+        words = ["the", "cat", "sleeps", "on", "a", "red", "couch", "dog", "runs", "far"]
+        return [" ".join(rng.choice(words, size=rng.integers(1, 6))) for _ in range(37)]
+
+    def translate(on_mesh):
+        model = EncoderDecoder(CONFIG)
+        ones = np.ones((1, 16), np.int32)
+        init = lambda: model.init(jax.random.key(0), ones, ones)
+        settings = dict(
+            model_config=CONFIG, src_tokenizer=Chars(), tgt_tokenizer=Chars(), beam_size=4,
+            max_decode_len=12, max_source_len=32, batch_size=16,
+        )
+        if not on_mesh:
+            return TranslationPipeline(nn.unbox(init())["params"], **settings).translate(texts())
+        mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=-1)))
+        rules = shd.rules_for("fsdp")
+        shardings = shd.logical_shardings(jax.eval_shape(init), mesh, rules)
+        params = jax.jit(lambda: nn.unbox(init()), out_shardings=shardings)()["params"]
+        with MeshContext(mesh, rules):
+            return TranslationPipeline(params, mesh=mesh, **settings).translate(texts())
+    """
+)
+
+DECODE_WORKER = (
+    "import json\n"
+    "from transformer_jax.train import distributed\n"
+    "distributed.initialize()\n" + DECODE + "\nprint('OUT', json.dumps(translate(on_mesh=True)))\n"
+)
+
 FAILING = textwrap.dedent(
     """
     import sys
@@ -73,6 +133,25 @@ def test_two_processes_compute_a_global_sum():
         assert f"pid={i} n=2 devices=4 local=2 shape=(4, 2) multihost=True" in result
         assert f"sum={expected}" in result
         assert f"DESCRIBE process {i} of 2: 2 local / 4 global cpu devices" in out
+
+
+def test_two_processes_translate_with_split_rows_and_parameters():
+    """Each host decodes its share of every batch; every host gets all translations."""
+    outs = run_hosts(DECODE_WORKER, 2, timeout=300)
+    got = []
+    for i, (rc, out, err) in enumerate(outs):
+        assert rc == 0, f"process {i} failed:\n{out}\n{err[-3000:]}"
+        line = next(line for line in out.splitlines() if line.startswith("OUT "))
+        got.append(json.loads(line[len("OUT ") :]))
+    case: dict = {}
+    exec(DECODE, case)
+    alone = case["translate"](on_mesh=False)  # one device, unsharded parameters
+    assert len(alone) == 37 and all(alone)
+    assert len(set(alone)) > 10  # translations differ: a mix-up of rows would show
+    assert got[0] == alone
+    assert got[1] == alone
+    # One process, rows and parameters split over its 8 devices.
+    assert case["translate"](on_mesh=True) == alone
 
 
 def _run_failing(process_id: int) -> tuple[subprocess.CompletedProcess, float, int]:

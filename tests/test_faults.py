@@ -448,7 +448,7 @@ def test_nonfinite_step_stops_with_the_last_good_checkpoint(data_dir, tmp_path, 
     with pytest.raises(TrainingError) as e:
         train_and_evaluate(cfg, str(tmp_path))
     msg = str(e.value)
-    assert "non-finite loss or gradient at step 5 (batch index 4)" in msg
+    assert "non-finite loss, gradient or update at step 5 (batch index 4)" in msg
     assert "last good checkpoint: step 4" in msg and "on_nonfinite=skip" in msg
     assert "\n" not in msg
     # Nothing at or after the fault was saved, and what was saved is finite.
@@ -470,7 +470,10 @@ def test_nonfinite_step_is_skipped_without_applying_its_update(data_dir, tmp_pat
     rows = [r for r in read_metrics(str(tmp_path)) if "train/skipped_steps" in r]
     assert rows[-1]["step"] == 6 and rows[-1]["train/skipped_steps"] == 1
     assert [r["train/skipped_steps"] for r in rows] == [0, 0, 0, 1, 1, 1]
-    assert "skipped 1 step(s) with a non-finite loss or gradient: [4]" in capsys.readouterr().out
+    assert (
+        "skipped 1 step(s) with a non-finite loss, gradient or update: [4]"
+        in capsys.readouterr().out
+    )
     assert restorable_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
     before, skipped, after = (flat(saved_state(tmp_path, s)) for s in (3, 4, 5))
     for key in before:
@@ -552,3 +555,119 @@ def test_pickle_payloads_are_never_unpickled(trained, tmp_path, capsys, request)
         "pickle drill: 6 pickle payloads (Marian weights, checkpoint JSON item, whole "
         "checkpoint step, tokenizer file, stored tokenizer, tokenizer.path) refused; none ran",
     )
+
+
+def _blow_up_updates_from(monkeypatch, count: int) -> None:
+    """Makes the optimizer's update number `count` (from 0) infinite, as lr_scale=inf would.
+
+    The extra transformation counts its own updates; once a step is refused its
+    optimizer state (and so this counter) is kept, so every later update is infinite too.
+    """
+    import jax.numpy as jnp
+    import optax
+
+    from transformer_jax.train import trainer
+
+    real = trainer.make_optimizer
+
+    def make(opt, d_model):
+        boost = optax.scale_by_schedule(lambda c: jnp.where(c == count, jnp.inf, 1.0))
+        return optax.chain(real(opt, d_model), boost)
+
+    monkeypatch.setattr(trainer, "make_optimizer", make)
+
+
+def test_nonfinite_update_stops_before_a_nonfinite_state_is_saved(data_dir, tmp_path, monkeypatch):
+    # Finite loss and gradient at step 4 (batch index 3), but an infinite update.
+    _blow_up_updates_from(monkeypatch, 3)
+    cfg = tiny_config(
+        data_dir,
+        train__num_steps=8,
+        train__checkpoint_every=2,
+        train__log_every=4,
+        train__on_nonfinite="stop",
+    )
+    with pytest.raises(TrainingError) as e:
+        train_and_evaluate(cfg, str(tmp_path))
+    msg = str(e.value)
+    assert "at step 4 (batch index 3)" in msg and "\n" not in msg
+    named = int(re.search(r"last good checkpoint: step (\d+)", msg).group(1))
+    assert named == 2 and _all_finite(tmp_path, named)
+    assert restorable_steps(tmp_path) == [2]
+
+
+def test_nonfinite_updates_are_skipped_and_never_saved(data_dir, tmp_path, monkeypatch, capsys):
+    _blow_up_updates_from(monkeypatch, 3)
+    cfg = tiny_config(
+        data_dir, train__num_steps=6, train__checkpoint_every=1, train__on_nonfinite="skip"
+    )
+    result = train_and_evaluate(cfg, str(tmp_path))
+    assert result["skipped_steps"] == 3
+    assert "skipped 1 step(s) with a non-finite" in capsys.readouterr().out
+    assert restorable_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        assert _all_finite(tmp_path, step), step
+    before, last = flat(saved_state(tmp_path, 3)), flat(saved_state(tmp_path, 6))
+    for key in before:
+        if key != "['step']":  # steps 4-6 applied nothing
+            assert np.array_equal(before[key], last[key]), key
+
+
+def test_skipped_step_count_survives_a_resume(data_dir, tmp_path):
+    first = tiny_config(
+        data_dir,
+        train__num_steps=4,
+        train__checkpoint_every=2,
+        train__inject_nonfinite_step=1,
+        train__on_nonfinite="skip",
+    )
+    assert train_and_evaluate(first, str(tmp_path))["skipped_steps"] == 1
+    ckpt = Checkpointer(checkpoint_dir(str(tmp_path)), read_only=True)
+    try:
+        assert ckpt.restore_meta(4)["data"]["skipped_steps"] == 1
+    finally:
+        ckpt.close()
+    again = tiny_config(
+        data_dir,
+        train__num_steps=6,
+        train__checkpoint_every=2,
+        train__inject_nonfinite_step=4,
+        train__on_nonfinite="skip",
+    )
+    assert train_and_evaluate(again, str(tmp_path))["skipped_steps"] == 2
+    rows = [r for r in read_metrics(str(tmp_path)) if "train/skipped_steps" in r]
+    assert [(r["step"], r["train/skipped_steps"]) for r in rows] == [
+        (1, 0),
+        (2, 1),
+        (3, 1),
+        (4, 1),
+        (5, 2),
+        (6, 2),
+    ]
+
+
+def test_a_nonfinite_checkpoint_is_never_resumed_or_saved_again(data_dir, tmp_path):
+    cfg = tiny_config(data_dir, train__num_steps=2, train__checkpoint_every=2)
+    train_and_evaluate(cfg, str(tmp_path))
+    # Put a NaN into the saved parameters of step 2 (as a run without the guard could).
+    ckpt = Checkpointer(checkpoint_dir(str(tmp_path)))
+    try:
+        meta = ckpt.restore_meta(2)
+        state = ckpt.restore_state_on_host(2)
+        leaves, treedef = jax.tree.flatten(state["params"])
+        leaves[0] = np.array(leaves[0])
+        leaves[0].flat[0] = np.nan
+        state["params"] = jax.tree.unflatten(treedef, leaves)
+        ckpt.manager.delete(2)
+        ckpt.save(2, state=state, **meta, force=True)
+    finally:
+        ckpt.close()
+    assert not _all_finite(tmp_path, 2)
+
+    skip = tiny_config(
+        data_dir, train__num_steps=4, train__checkpoint_every=2, train__on_nonfinite="skip"
+    )
+    with pytest.raises(TrainingError, match="checkpoint step 2 in .* non-finite") as e:
+        train_and_evaluate(skip, str(tmp_path))
+    assert "\n" not in str(e.value)
+    assert restorable_steps(tmp_path) == [2]

@@ -399,3 +399,195 @@ def test_imported_model_fine_tunes_and_resumes(marian, tmp_path, data_dir):
     assert ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).latest_step() == 4
     out = TranslationPipeline.from_workdir(workdir, beam_size=1)(QUERIES[:2])
     assert len(out) == 2 and all(isinstance(o["translation_text"], str) for o in out)
+
+
+def _smoothed_loss_reference(logits, targets, weights, eps, allowed):
+    """Float64 KL(q || softmax(logits)) summed over tokens, q = 1 - eps on the target and
+    eps / (n - 1) on each of the other n - 1 allowed tokens."""
+    logits = np.asarray(logits, np.float64)
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    q = np.where(allowed, eps / (allowed.sum() - 1), 0.0) * np.ones(logits.shape)
+    np.put_along_axis(q, targets[..., None], 1.0 - eps, axis=-1)
+    safe_q = np.where(q > 0, q, 1.0)
+    kl = (q * (np.log(safe_q) - np.where(q > 0, logp, 0.0))).sum(-1)
+    return float((kl * weights).sum())
+
+
+def test_smoothed_loss_of_an_imported_model_skips_its_banned_tokens(marian):
+    import jax
+
+    from transformer_jax.train.tasks import TranslationTask
+
+    _, model, _, workdir = marian
+    loaded = load_for_inference(workdir)
+    cfg, pad = loaded.model_config, loaded.model_config.pad_id
+    eps = loaded.run_config.train.label_smoothing
+    assert eps > 0
+    inputs, _ = _batch(loaded.src_tokenizer, SOURCE_TEXTS[:4], pad)
+    targets, weights = _batch(loaded.tgt_tokenizer, TARGET_TEXTS[:4], pad)
+    module = EncoderDecoder(cfg)
+    batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
+    _, metrics = TranslationTask(loaded.run_config).loss(
+        module, loaded.params, batch, jax.random.key(0)
+    )
+    logits = module.apply({"params": loaded.params}, batch["inputs"], batch["targets"])
+    allowed = np.arange(cfg.output_vocab_size) != model.config.pad_token_id  # <pad> is banned
+    want = _smoothed_loss_reference(logits, targets, weights, eps, allowed)
+    assert float(metrics["loss_sum"]) == pytest.approx(want, rel=1e-4)
+    # Of the order of log(V) per token, not eps / (V - 1) * 1e9.
+    per_token = float(metrics["loss_sum"] / metrics["weight_sum"])
+    assert 0 < per_token < 3 * np.log(cfg.output_vocab_size)
+
+
+def test_fine_tuning_an_imported_model_logs_a_sane_loss(marian, tmp_path, data_dir, capsys):
+    from helpers import tiny_config, train_losses
+
+    from transformer_jax.train.trainer import train_and_evaluate
+
+    workdir = str(tmp_path / "finetune")
+    shutil.copytree(marian[3], workdir)
+    V = marian[2]["model"]["vocab_size"]  # shared embeddings
+    cfg = tiny_config(
+        data_dir, train__num_steps=1, train__checkpoint_every=1, decode__bleu_examples=2
+    )
+    train_and_evaluate(cfg, workdir)
+    loss = train_losses(workdir)[1]
+    assert 0 < loss < 3 * np.log(V), loss
+    out = capsys.readouterr().out
+    assert "starting from imported weights (step 0 of " in out
+    assert "starting from scratch" not in out
+
+
+# Generation settings as generation_config.json gives them (None removes a key); "legacy"
+# moves them into config.json, which generate() reads when generation_config.json is absent.
+GENERATION_VARIANTS = {
+    "greedy-cap": dict(num_beams=1, max_length=6, forced_eos_token_id=0),
+    "greedy-default-length": dict(num_beams=1, max_length=None, forced_eos_token_id=0),
+    "beam-lp2": dict(num_beams=4, length_penalty=2.0, max_length=12, forced_eos_token_id=0),
+    "beam-never": dict(
+        num_beams=4, length_penalty=0.5, early_stopping="never", max_length=8, forced_eos_token_id=0
+    ),
+    "beam-true-legacy": dict(num_beams=3, early_stopping=True, max_length=9, legacy=True),
+}
+
+
+def _variant_dir(src_dir, dst, settings: dict) -> str:
+    settings = dict(settings)
+    legacy = settings.pop("legacy", False)
+    shutil.copytree(src_dir, dst)
+    gen_path = dst / "generation_config.json"
+    gen = json.loads(gen_path.read_text())
+    gen.update(settings)
+    gen = {k: v for k, v in gen.items() if v is not None}
+    if legacy:
+        os.remove(gen_path)
+        hf = json.loads((dst / "config.json").read_text())
+        hf.update({k: v for k, v in gen.items() if not k.startswith("_")})
+        (dst / "config.json").write_text(json.dumps(hf))
+    else:
+        gen_path.write_text(json.dumps(gen))
+    return str(dst)
+
+
+def _our_ids(pipe: TranslationPipeline, inputs: np.ndarray, **changes) -> np.ndarray:
+    settings = dict(
+        config=pipe.model_config,
+        beam_size=pipe.beam_size,
+        alpha=pipe.alpha,
+        max_decode_len=pipe.max_decode_len,
+        length_penalty_type=pipe.length_penalty_type,
+        length_penalty=pipe.length_penalty,
+        early_stopping=pipe.early_stopping,
+        forced_eos=pipe.forced_eos,
+    )
+    settings.update(changes)
+    lengths = np.full((len(inputs),), pipe.max_decode_len, np.int32)
+    return np.asarray(
+        translate_ids(pipe.params, jnp.asarray(inputs), jnp.asarray(lengths), **settings)
+    )
+
+
+@pytest.mark.parametrize("variant", list(GENERATION_VARIANTS))
+def test_imported_generation_settings_decode_like_generate(marian, tmp_path, variant):
+    """The imported settings keep Hugging Face's meaning: read back with their kind, they
+    decode token for token as `generate()` does with the same checkpoint's defaults."""
+    from transformer_jax.config import translation_base
+
+    settings = GENERATION_VARIANTS[variant]
+    src_dir = _variant_dir(marian[0], tmp_path / "src", settings)
+    workdir = str(tmp_path / "run")
+    summary = import_marian(src_dir, workdir)
+    model = transformers.MarianMTModel.from_pretrained(src_dir).eval()
+    gen = model.generation_config
+    assert gen.num_beams == settings["num_beams"]  # generate() reads the same settings
+
+    pipe = TranslationPipeline.from_workdir(workdir)
+    decode = load_for_inference(workdir).run_config.decode
+    assert summary["decode"] == decode.to_dict()
+    assert decode.length_penalty_type == pipe.length_penalty_type == "hf"
+    assert decode.length_penalty == pipe.length_penalty == settings.get("length_penalty", 1.0)
+    early = settings.get("early_stopping", False)
+    assert pipe.early_stopping == {False: "false", True: "true", "never": "never"}[early]
+    assert pipe.forced_eos is ("forced_eos_token_id" in settings)
+    assert pipe.beam_size == settings["num_beams"]
+    # HF's max_length counts the decoder start token; without it, 20 new tokens.
+    new_tokens = 20 if settings["max_length"] is None else settings["max_length"] - 1
+    assert pipe.max_decode_len == new_tokens
+    # The paper's GNMT alpha is neither set from nor used for Hugging Face's length_penalty.
+    assert decode.alpha == pipe.alpha == translation_base().decode.alpha
+
+    cfg = pipe.model_config
+    texts = QUERIES + SOURCE_TEXTS
+    inputs, mask = _batch(pipe.src_tokenizer, texts, cfg.pad_id)
+    with torch.no_grad():
+        theirs = model.generate(
+            input_ids=torch.from_numpy(inputs).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+        ).numpy()[:, 1:]
+    assert theirs.shape[1] <= new_tokens
+    ours = _our_ids(pipe, inputs)
+    for r in range(len(texts)):
+        assert _until_eos(ours[r], cfg.eos_id) == _until_eos(theirs[r], cfg.eos_id), r
+    expected = [pipe.tgt_tokenizer.decode(row) for row in theirs]
+    assert [o["translation_text"] for o in pipe(texts)] == expected
+
+    if pipe.forced_eos and pipe.beam_size == 1:
+        # Where the cap is reached, forced eos replaces the last token and nothing else.
+        unforced = _our_ids(pipe, inputs, forced_eos=False)
+        capped = [r for r in range(len(texts)) if cfg.eos_id not in unforced[r].tolist()]
+        assert capped or variant != "greedy-cap"
+        for r in capped:
+            assert ours[r, new_tokens - 1] == cfg.eos_id != unforced[r, new_tokens - 1]
+            assert ours[r, : new_tokens - 1].tolist() == unforced[r, : new_tokens - 1].tolist()
+    if variant == "beam-lp2":  # "hf" decodes with length_penalty; the GNMT alpha is unused
+        np.testing.assert_array_equal(_our_ids(pipe, inputs, alpha=0.0), ours)
+        shorter = _our_ids(pipe, inputs, length_penalty=-2.0)
+        assert any(
+            _until_eos(shorter[r], cfg.eos_id) != _until_eos(ours[r], cfg.eos_id)
+            for r in range(len(texts))
+        )
+
+
+def test_unsupported_generation_settings_are_refused(marian, tmp_path):
+    for i, (key, value) in enumerate(
+        [("forced_eos_token_id", 3), ("early_stopping", "sometimes"), ("length_penalty", "x")]
+    ):
+        src_dir = _variant_dir(marian[0], tmp_path / f"src{i}", {key: value})
+        _one_line_error(src_dir, str(tmp_path / f"w{i}"), f"unsupported {key}=")
+
+
+def test_decode_settings_of_an_older_run_config_keep_the_paper_scoring():
+    from transformer_jax.config import translation_base
+    from transformer_jax.train.restore import decode_settings
+
+    run = translation_base()
+    for key in ("length_penalty_type", "length_penalty", "early_stopping", "forced_eos"):
+        del run.decode[key]  # saved before these settings existed
+    settings = decode_settings(run)
+    assert settings["length_penalty_type"] == "gnmt" and settings["alpha"] == 0.6
+    assert settings["forced_eos"] is False and settings["early_stopping"] == "false"
+    pipe = TranslationPipeline(
+        params=None, model_config=None, src_tokenizer=None, tgt_tokenizer=None, **settings
+    )
+    assert pipe.length_penalty_type == "gnmt"

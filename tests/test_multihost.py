@@ -13,7 +13,11 @@ expected exactly:
   two-host run logged, and training goes on from there. One process reads the
   data in another order than two hosts do, so its continuation matches no
   uninterrupted run; only that it trains (finite losses, a new checkpoint) and
-  says so in its log is checked.
+  says so in its log is checked;
+* the BLEU the two hosts computed at the end of training (with the evaluation
+  settings of a real run: beam 4, several full decode batches split over the
+  devices of both hosts, a partial one last) against `tjax eval` of the same
+  checkpoint in one process: the same translations, so the same BLEU.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 import pytest
 from helpers import read_metrics, run_hosts, tiny_config, train, train_losses
 
+from transformer_jax.train.evaluation import evaluate_checkpoint
 from transformer_jax.train.restore import load_for_inference
 from transformer_jax.train.trainer import Setup, evaluate_loss
 
@@ -49,18 +54,25 @@ WORKER = textwrap.dedent(
         "processes": jax.process_count(),
         "devices": jax.device_count(),
         "validation/loss": result.get("validation/loss"),
+        "validation/bleu": result.get("validation/bleu"),
+        "hypotheses": [ex["hypothesis"] for ex in result.get("examples", [])],
     }}))
     """
 )
 
-# Whole validation split for the eval loss; progress lines on; a short BLEU check.
+# BLEU as a real run computes it: beam 4, decode batches of 16 rows (4 per device),
+# 2 full ones and a last one of 5 examples padded to 8 rows.
+BLEU_EXAMPLES = 37
+# Whole validation split for the eval loss; progress lines on.
 OVERRIDES = dict(
     train__num_steps=STEPS,
     train__checkpoint_every=2,
     train__eval_every=1000,
     train__eval_batches=0,
     train__progress=True,
-    decode__bleu_examples=2,
+    decode__bleu_examples=BLEU_EXAMPLES,
+    decode__beam_size=4,
+    decode__batch_size=16,
 )
 
 
@@ -70,7 +82,7 @@ def run_two_hosts(data_dir: str, workdir: str, cache_dir: str) -> list[tuple[int
     outs = run_hosts(
         code,
         2,
-        timeout=240,
+        timeout=600,
         # Both runs compile the same programs: the second reads them back.
         JAX_COMPILATION_CACHE_DIR=cache_dir,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -112,8 +124,10 @@ def test_two_hosts_train_and_only_host_0_reports(two_host_runs):
         results = [result_of(out) for _, out, _ in outs]
         assert [r["process"] for r in results] == [0, 1]
         assert all(r["processes"] == 2 and r["devices"] == 4 for r in results)
-        # The final eval is one global computation: both hosts get the same number.
+        # The final eval is one global computation: both hosts get the same numbers.
         assert results[0]["validation/loss"] == results[1]["validation/loss"]
+        assert results[0]["validation/bleu"] == results[1]["validation/bleu"]
+        assert results[0]["hypotheses"] == results[1]["hypotheses"]
         _, out0, err0 = outs[0]
         _, out1, err1 = outs[1]
         assert f"step {STEPS}/{STEPS}" in err0
@@ -190,3 +204,22 @@ def test_one_process_resumes_the_two_host_checkpoint_on_an_fsdp_mesh(
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]
     params_6 = saved_params(workdir, STEPS + 2)
     assert any(not np.array_equal(params_6[k], saved[k]) for k in saved)
+
+
+def test_two_host_bleu_is_what_one_process_computes(two_host_runs, tmp_path):
+    """All examples are scored, whichever host decoded them: `tjax eval` agrees exactly."""
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(two_host_runs["a"], workdir)
+    logged = next(
+        r["validation/bleu"]
+        for r in read_metrics(two_host_runs["a"])
+        if r["step"] == STEPS and "validation/bleu" in r
+    )
+    hosts = result_of(two_host_runs["outs_a"][0][1])
+    assert hosts["validation/bleu"] == logged
+    assert jax.process_count() == 1 and jax.device_count() == 8
+    alone = evaluate_checkpoint(
+        workdir, split="validation", step=STEPS, limit=BLEU_EXAMPLES, loss_batches=1
+    )
+    assert alone["validation/bleu"] == logged
+    assert [ex["hypothesis"] for ex in alone["examples"]] == hosts["hypotheses"]

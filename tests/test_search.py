@@ -430,3 +430,163 @@ def test_zero_max_length_generates_nothing():
     seqs, _ = _jit_beam(model, beam_size=2, **kwargs)(model.init_cache(batch), max_lengths)
     assert (greedy[0] == 0).all() and (np.asarray(seqs[0]) == 0).all()
     assert (greedy[1, :3] != 0).any() and (np.asarray(seqs[1, :, :3]) != 0).any()
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face options: forced eos, banned tokens, "hf" beam scoring
+# --------------------------------------------------------------------------------------------
+
+
+def _processed(row: np.ndarray, t: int, cap: int, eos: int, forced_eos: bool, banned) -> np.ndarray:
+    """A log-prob row after Hugging Face's bad-words and forced-eos processors."""
+    row = row.copy()
+    row[list(banned)] = -np.inf
+    if forced_eos and t == cap - 1:
+        row = np.where(np.arange(len(row)) == eos, 0.0, -np.inf)
+    return row
+
+
+def ref_greedy_hf(logp: LogpFn, batch, max_len, eos, max_lengths, forced_eos, banned):
+    out = np.zeros((batch, max_len), np.int32)
+    for b in range(batch):
+        prefix = (START,)
+        for t in range(max_lengths[b]):
+            row = _processed(logp(b, prefix), t, max_lengths[b], eos, forced_eos, banned)
+            tok = int(np.argmax(row))
+            out[b, t] = tok
+            prefix += (tok,)
+            if tok == eos:
+                break
+    return out
+
+
+def ref_hf_beam(
+    logp: LogpFn,
+    b: int,
+    *,
+    beam: int,
+    lp: float,
+    max_len: int,
+    eos: int,
+    early_stopping: str,
+    forced_eos: bool = False,
+    banned=(),
+) -> list[tuple[float, tuple[int, ...]]]:
+    """transformers' beam search for one example (vocab >= 2 * beam, one eos token)."""
+    running: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
+    finished: list[tuple[float, tuple[int, ...]]] = []
+    improvable = True
+    for t in range(max_len):
+        cands = []
+        for score, seq in running:
+            row = _processed(logp(b, (START, *seq)), t, max_len, eos, forced_eos, banned)
+            cands += [(score + row[v], (*seq, v)) for v in range(len(row))]
+        cands = sorted(cands, key=lambda c: -c[0])[: 2 * beam]
+        new_len = t + 1
+        hits = [seq[-1] == eos or new_len >= max_len for _, seq in cands]
+        # Finishing candidates sink by 1e9 rather than leave the running pool.
+        running = sorted(
+            [(s - 1e9 if h else s, seq) for (s, seq), h in zip(cands, hits)], key=lambda c: -c[0]
+        )[:beam]
+        full = len(finished) == beam
+        if improvable and not (early_stopping == "true" and full):
+            for k in range(beam):  # only the top `beam` candidates may finish
+                s, seq = cands[k]
+                if hits[k] and np.isfinite(s):
+                    finished.append((s / new_len**lp, seq))
+            finished = sorted(finished, key=lambda c: -c[0])[:beam]
+        best_len = max_len if early_stopping == "never" and lp > 0 else new_len
+        best = running[0][0] / best_len**lp
+        if len(finished) == beam:
+            improvable = improvable and best > min(s for s, _ in finished)
+        if (
+            not improvable
+            or (early_stopping == "true" and len(finished) == beam)
+            or new_len >= max_len
+        ):
+            break
+    return finished
+
+
+@pytest.mark.parametrize("forced_eos", [False, True])
+def test_greedy_forced_eos_and_banned_tokens(forced_eos):
+    batch, vocab, max_len, eos = 8, 6, 7, 2
+    banned = (5,)
+    model = History(np.random.default_rng(0), vocab, max_len, batch)
+    max_lengths = np.array([7, 7, 3, 1, 5, 7, 2, 6], np.int32)
+    want = ref_greedy_hf(model.logp, batch, max_len, eos, max_lengths, forced_eos, banned)
+    decode = _jit_greedy(
+        model,
+        batch_size=batch,
+        max_decode_len=max_len,
+        start_id=START,
+        eos_id=eos,
+        forced_eos=forced_eos,
+        banned_ids=banned,
+    )
+    got = np.asarray(decode(model.init_cache(batch), jnp.asarray(max_lengths)))
+    np.testing.assert_array_equal(got, want)
+    assert not (got == banned[0]).any()
+    plain = ref_greedy(model.logp, batch, max_len, eos, max_lengths)
+    assert (plain == banned[0]).any()  # the ban changed the output
+    unforced = ref_greedy_hf(model.logp, batch, max_len, eos, max_lengths, False, banned)
+    capped = [b for b in range(batch) if eos not in unforced[b, : max_lengths[b]]]
+    assert capped  # some rows reach their cap without eos
+    for b in capped:
+        last = got[b, max_lengths[b] - 1]
+        assert (last == eos) == forced_eos, b
+
+
+@pytest.mark.parametrize(
+    "beam,lp,early_stopping",
+    [(2, 1.0, "false"), (3, 2.0, "false"), (3, -0.5, "false"), (2, 1.0, "true"), (3, 0.7, "never")],
+)
+@pytest.mark.parametrize("forced_eos", [False, True])
+def test_hf_beam_search_matches_reference(beam, lp, early_stopping, forced_eos):
+    batch, vocab, max_len, eos = 4, 7, 6, 3
+    banned = (5,)
+    model = History(np.random.default_rng(20 + beam), vocab, max_len, batch)
+    max_lengths = np.array([6, 4, 1, 5], np.int32)
+    decode = _jit_beam(
+        model,
+        batch_size=batch,
+        beam_size=beam,
+        alpha=lp,
+        max_decode_len=max_len,
+        start_id=START,
+        eos_id=eos,
+        length_penalty_type="hf",
+        early_stopping=early_stopping,
+        forced_eos=forced_eos,
+        banned_ids=banned,
+    )
+    seqs, scores = map(np.asarray, decode(model.init_cache(batch), jnp.asarray(max_lengths)))
+    want = [
+        ref_hf_beam(
+            model.logp,
+            b,
+            beam=beam,
+            lp=lp,
+            max_len=int(n),
+            eos=eos,
+            early_stopping=early_stopping,
+            forced_eos=forced_eos,
+            banned=banned,
+        )
+        for b, n in enumerate(max_lengths)
+    ]
+    _check_beam_against(want, seqs, scores, max_len)
+    assert not (seqs == banned[0]).any()
+    if forced_eos:
+        for b, n in enumerate(max_lengths):
+            for row in seqs[b, : len(want[b])]:
+                assert eos in row[:n].tolist(), (b, row)
+
+
+def test_beam_search_refuses_unknown_scoring():
+    model = _fixed_distribution(np.full(4, 0.25))
+    kwargs = dict(batch_size=2, max_decode_len=3, start_id=START, eos_id=0)
+    with pytest.raises(ValueError, match="length_penalty_type"):
+        search.beam_search(model.step, model.init_cache(2), length_penalty_type="x", **kwargs)
+    with pytest.raises(ValueError, match="early_stopping"):
+        search.beam_search(model.step, model.init_cache(2), early_stopping=False, **kwargs)

@@ -185,7 +185,7 @@ def test_average_checkpoints(trained):
 def test_evaluate_checkpoint_writes_json(trained):
     out = evaluate_checkpoint(trained, split="validation", limit=16, loss_batches=1)
     assert out["step"] == TRAINED_STEPS and out["split"] == "validation"
-    path = os.path.join(trained, f"eval_validation_step{TRAINED_STEPS}.json")
+    path = os.path.join(trained, f"eval_validation_step{TRAINED_STEPS}_limit16_lossbatches1.json")
     assert out["path"] == path
     saved = json.load(open(path))
     assert np.isfinite(saved["validation/loss"]) and saved["validation/loss"] > 0
@@ -211,12 +211,14 @@ def test_different_model_size_is_refused(trained, data_dir, tmp_path, tmp_path_f
 # -- loss and schedule ---------------------------------------------------------------------
 
 
-def smoothed_reference(logits, targets, weights, eps):
-    """KL(q || softmax(logits)) with q = 1 - eps on the target and eps / (V-1) elsewhere."""
+def smoothed_reference(logits, targets, weights, eps, allowed=None):
+    """KL(q || softmax(logits)) with q = 1 - eps on the target and eps / (n-1) on each of
+    the other n - 1 allowed tokens (all V tokens unless `allowed` says otherwise)."""
     V = logits.shape[-1]
+    allowed = np.ones(V, bool) if allowed is None else np.asarray(allowed, bool)
     z = logits - logits.max(-1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    q = np.full(logits.shape, eps / (V - 1))
+    q = np.where(allowed, eps / (allowed.sum() - 1), 0.0) * np.ones(logits.shape)
     np.put_along_axis(q, targets[..., None], 1.0 - eps, axis=-1)
     cross_entropy = -(q * logp).sum(-1)
     entropy = -np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0).sum(-1)
@@ -276,3 +278,56 @@ def test_rsqrt_schedule_is_the_papers_formula():
     assert float(scaled(9)) == pytest.approx(
         cfg.optimizer.lr_scale * 32**-0.5 * 10 * warm**-1.5, rel=1e-5
     )
+
+
+def test_label_smoothing_spreads_only_over_tokens_the_model_can_emit():
+    V, eps = 11, 0.1
+    banned = [3, 10]  # e.g. an imported model's <pad>: a -1e9 final-logits bias
+    allowed = np.ones(V, bool)
+    allowed[banned] = False
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 5, V)) * 3
+    logits[..., banned] -= 1e9
+    targets = rng.choice(np.flatnonzero(allowed), size=(3, 5))
+    weights = (rng.random((3, 5)) > 0.3).astype(np.float64)
+    loss, nll, _, _ = smoothed_cross_entropy(
+        jnp.asarray(logits, jnp.float32),
+        jnp.asarray(targets, jnp.int32),
+        jnp.asarray(weights, jnp.float32),
+        eps,
+        allowed_V=jnp.asarray(allowed),
+    )
+    want_loss, want_nll = smoothed_reference(logits, targets, weights, eps, allowed)
+    assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+    assert float(nll) == pytest.approx(want_nll, rel=1e-5)
+    # Smoothing over all V tokens would charge eps / (V - 1) * 1e9 per token.
+    assert float(loss) < 10 * weights.sum()
+
+    # A model predicting the smoothed target over the allowed tokens is at the minimum.
+    q = np.where(allowed, eps / (allowed.sum() - 1), 0.0)
+    q[2] = 1 - eps
+    perfect = np.where(allowed, np.log(np.where(allowed, q, 1.0)), -1e9)
+    loss, _, _, _ = smoothed_cross_entropy(
+        jnp.asarray(perfect[None, None], jnp.float32),
+        jnp.asarray([[2]], jnp.int32),
+        jnp.ones((1, 1), jnp.float32),
+        eps,
+        allowed_V=jnp.asarray(allowed),
+    )
+    assert abs(float(loss)) < 1e-5
+
+    # Every token allowed: the paper's smoothing over the whole vocabulary, unchanged.
+    plain = jnp.asarray(rng.normal(size=(3, 5, V)) * 3, jnp.float32)
+    everything = [
+        float(
+            smoothed_cross_entropy(
+                plain,
+                jnp.asarray(targets, jnp.int32),
+                jnp.asarray(weights, jnp.float32),
+                eps,
+                allowed_V=a,
+            )[0]
+        )
+        for a in (None, jnp.ones(V, bool))
+    ]
+    assert everything[0] == pytest.approx(everything[1], rel=1e-6)

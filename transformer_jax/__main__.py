@@ -7,8 +7,10 @@ function a notebook cell would call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from typing import NoReturn
 
@@ -43,6 +45,7 @@ def cmd_train(args, extra) -> int:
     from transformer_jax.train.trainer import train_and_evaluate
 
     cfg = load_config(args.config, _overrides(extra))
+    _check_workdir(args, write=True, create=True, write_checkpoints=True)
     result = train_and_evaluate(cfg, args.workdir)
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, ensure_ascii=False))
     return 0
@@ -51,6 +54,10 @@ def cmd_train(args, extra) -> int:
 def cmd_eval(args, extra) -> int:
     from transformer_jax.train.evaluation import evaluate_checkpoint
 
+    for option, value in (("--limit", args.limit), ("--loss-batches", args.loss_batches)):
+        if value < 0:
+            _usage_error(f"{option} must be >= 0 (0 = all), got {value}")
+    # Every result is kept in a file named by its settings (printed as "path").
     out = evaluate_checkpoint(
         args.workdir,
         split=args.split,
@@ -65,10 +72,14 @@ def cmd_eval(args, extra) -> int:
 
 
 def cmd_translate(args, extra) -> int:
-    from transformer_jax.pipelines import TranslationPipeline
+    from transformer_jax.pipelines import InputError, TranslationPipeline
 
     if extra:
         _usage_error(f"unrecognized arguments {extra}")
+    for option, value in (("--beam-size", args.beam_size), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be >= 1, got {value}")
+    _check_workdir(args, write=False)
     kwargs = {}
     if args.beam_size is not None:
         kwargs["beam_size"] = args.beam_size
@@ -96,6 +107,7 @@ def cmd_translate(args, extra) -> int:
 def cmd_average(args, extra) -> int:
     from transformer_jax.train.evaluation import average_checkpoints
 
+    _check_workdir(args, write=True)
     print(json.dumps(average_checkpoints(args.workdir, args.last)))
     return 0
 
@@ -114,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or resume) a model", epilog=EPILOG)
-    t.add_argument("--config", required=True, help="a config file, e.g. configs/translate_tiny.py")
+    t.add_argument(
+        "--config",
+        required=True,
+        help="a shipped config by name, e.g. translate_tiny, or a config file's path",
+    )
     t.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics, logs")
     t.set_defaults(fn=cmd_train)
 
@@ -160,36 +176,76 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_workdir(args, **how) -> None:
+    from transformer_jax.train.paths import check_workdir
+
+    check_workdir(args.workdir, **how)
+
+
+def _not_from_orbax(record) -> bool:
+    """Orbax logs a failed background save (with tracebacks) before raising it in the
+    main thread, where the CLI reports it in one line."""
+    return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def quiet_libraries() -> None:
     """Keeps the console to our own lines: Orbax/tfds info and warnings go to absl at ERROR."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import logging
+
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)
+    if not os.environ.get("TJAX_DEBUG"):
+        logging.getLogger("absl").addFilter(_not_from_orbax)  # once: same object
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transformer_jax.train.preemption import Terminated, TerminateOnSignal
+
+    words = sys.argv[1:] if argv is None else argv
+    # Training: a SIGTERM during start-up (config, data, restoring, compiling) exits 75
+    # at once; the training loop itself finishes its step and saves first.
+    with TerminateOnSignal() if words[:1] == ["train"] else contextlib.nullcontext():
+        try:
+            return _main(argv)
+        except Terminated as e:
+            name = signal.Signals(e.args[0]).name if e.args else "a signal"
+            print(
+                f"tjax train: stopped by {name} during start-up, before the first step; "
+                "run the same command again to start (or resume from the last checkpoint)",
+                file=sys.stderr,
+            )
+            return Terminated.exit_code
+
+
+def _main(argv: list[str] | None) -> int:
     quiet_libraries()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command != "train" and args.command != "eval" and extra:
         parser.error(f"unrecognized arguments: {' '.join(map(repr, extra))}")
-    from transformer_jax.errors import USER_ERRORS
-    from transformer_jax.train.preemption import Preempted
+    from transformer_jax.errors import user_error_message
+    from transformer_jax.train.preemption import Preempted, Terminated, signal_received
 
     try:
+        if args.command == "eval":  # it writes its result into the workdir
+            _check_workdir(args, write=True)
         return args.fn(args, extra)
     except Preempted as e:
         print(f"tjax {args.command}: {e}", file=sys.stderr)
         return Preempted.exit_code
-    except USER_ERRORS as e:
-        if os.environ.get("TJAX_DEBUG"):
-            raise
-        print(f"tjax {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"tjax {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if signal_received() is not None:  # Terminated, turned into another error on its way
+            raise Terminated(signal_received()) from e
+        message = None if os.environ.get("TJAX_DEBUG") else user_error_message(e)
+        if message is None:  # a bug (or TJAX_DEBUG): the whole traceback
+            raise
+        print(f"tjax {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

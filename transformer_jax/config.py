@@ -11,12 +11,19 @@ import ast
 import difflib
 import importlib.util
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 import jax.numpy as jnp
 import ml_collections
 
-from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.config import (
+    ACTIVATIONS,
+    NORM_POSITIONS,
+    POSITION_LAYOUTS,
+    REMAT_POLICIES,
+    TransformerConfig,
+)
+from transformer_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 
 
 class ConfigError(ValueError):
@@ -96,6 +103,12 @@ def translation_base() -> ml_collections.ConfigDict:
     c.decode = ml_collections.ConfigDict()
     c.decode.beam_size = 4
     c.decode.alpha = 0.6
+    # Beam scoring: "gnmt" = the paper's logp / ((5 + len) / 6) ** alpha; "hf" = Hugging
+    # Face generate()'s logp / len ** length_penalty, stopping as early_stopping says.
+    c.decode.length_penalty_type = "gnmt"
+    c.decode.length_penalty = 1.0  # "hf" only (Hugging Face's length_penalty)
+    c.decode.early_stopping = "false"  # "hf" only: "false" | "true" | "never", as in HF
+    c.decode.forced_eos = False  # the last allowed output token is eos (HF forced_eos_token_id)
     c.decode.extra_length = 50  # max output = input length + 50
     c.decode.max_decode_len = 256
     c.decode.batch_size = 64
@@ -112,12 +125,39 @@ def translation_base() -> ml_collections.ConfigDict:
     return c
 
 
+SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with the package, e.g. `translate_tiny`."""
+    return sorted(
+        name[:-3]
+        for name in os.listdir(SHIPPED_CONFIGS)
+        if name.endswith(".py") and not name.startswith("_")
+    )
+
+
+def config_file(name_or_path: str) -> str:
+    """The file of a config given by path, or by shipped name (`translate_tiny[.py]`)."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    names = shipped_configs()
+    stem = name_or_path.removesuffix(".py")
+    if stem in names:
+        return os.path.join(SHIPPED_CONFIGS, stem + ".py")
+    listed = ", ".join(names)
+    if os.path.dirname(name_or_path):
+        raise ConfigError(
+            f"config file not found: {name_or_path} (shipped configs, by name: {listed})"
+        )
+    raise ConfigError(f"unknown config {name_or_path!r}: give a config file or one of {listed}")
+
+
 def load_config(
     path: str, overrides: list[str] | tuple[str, ...] = ()
 ) -> ml_collections.ConfigDict:
-    """Runs `get_config()` of a config file, locks it and applies `key=value` overrides."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+    """Runs `get_config()` of a config (file path or shipped name), locks it, applies overrides."""
+    path = config_file(path)
     spec = importlib.util.spec_from_file_location("_tjax_config", path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -126,7 +166,32 @@ def load_config(
         raise ConfigError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
-    return apply_overrides(module.get_config(), overrides)
+    return apply_overrides(_run_get_config(module, path), overrides)
+
+
+def _run_get_config(module, path: str) -> ml_collections.ConfigDict:
+    """`module.get_config()`, which must return a config with every key of the base."""
+    try:
+        cfg = module.get_config()
+    except Exception as e:  # the config file's own code: the user's to fix
+        first = (str(e).splitlines() or [""])[0]
+        raise ConfigError(
+            f"config file {path}: get_config() raised {type(e).__name__}: {first}"
+        ) from None
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"config file {path}: get_config() returned {type(cfg).__name__}, "
+            "expected an ml_collections.ConfigDict (e.g. from translation_base())"
+        )
+    if _get(cfg, "task") in (_MISSING, "translation"):
+        missing = [k for k, _ in _leaves(translation_base()) if _get(cfg, k) is _MISSING]
+        if missing:
+            raise ConfigError(
+                f"config file {path}: get_config() lacks config key '{missing[0]}'"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                + " (start from translation_base())"
+            )
+    return cfg
 
 
 def apply_overrides(
@@ -195,37 +260,139 @@ def _convert(key: str, old: Any, raw: Any) -> Any:
         raise ConfigError(f"config key '{key}' expects {type(old).__name__}, got {raw!r}") from None
 
 
+_MISSING = object()
+# Every int a config holds fits in int32: the step counter is int32 on device, and no
+# size, count or seed needs more (this also refuses `1e99`).
+INT_LIMIT = 2**31
+# Floats reach the device as float32: a larger one is inf there.
+FLOAT32_MAX = 3.4028234663852886e38
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task": ("translation",),
+    "data.batching": ("pack", "bucket"),
+    "tokenizer.model_type": ("unigram", "bpe", "char", "word"),
+    "model.activation": ACTIVATIONS,
+    "model.norm_position": NORM_POSITIONS,
+    "model.position_layout": POSITION_LAYOUTS,
+    "model.attention_impl": ATTENTION_IMPLEMENTATIONS,
+    "model.remat": REMAT_POLICIES,
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "optimizer.schedule": ("rsqrt", "constant"),
+    "train.on_nonfinite": ("stop", "skip"),
+    "decode.length_penalty_type": ("gnmt", "hf"),
+    "decode.early_stopping": ("false", "true", "never"),
+}
+
+
+def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _leaves(cfg: ml_collections.ConfigDict, prefix: str = ""):
+    for k, v in cfg.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _shown(value: Any) -> str:
+    """repr, but a huge int (e.g. from `1e99`) in a few characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**15:
+        try:
+            return f"{float(value):.3g}"
+        except OverflowError:
+            return f"~2**{value.bit_length()}"
+    return repr(value)
+
+
+def _type_name(value: Any) -> str:
+    return "float" if isinstance(value, float) else type(value).__name__
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Range checks a user can trip with an override; each names the key."""
+    """Checks every key a user can set (type, range, choice); each error names the key.
 
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            value = cfg
-            for p in key.split("."):
-                value = value[p]
-            raise ConfigError(f"config key '{key}'={value!r}: {why}")
+    Runs before anything reads or writes a workdir. A key the config lacks (an
+    older run's saved config) is not checked.
+    """
 
-    need(cfg.task in ("translation",), "task", "unknown task (choose 'translation')")
-    need(cfg.data.max_length > 1, "data.max_length", "must be > 1")
-    need(
-        cfg.data.tokens_per_batch >= cfg.data.max_length,
-        "data.tokens_per_batch",
-        f"must be >= data.max_length={cfg.data.max_length}",
-    )
-    need(cfg.data.batching in ("pack", "bucket"), "data.batching", "choose 'pack' or 'bucket'")
-    need(cfg.tokenizer.vocab_size >= 8, "tokenizer.vocab_size", "must be >= 8")
-    need(cfg.optimizer.lr_scale > 0, "optimizer.lr_scale", "must be positive")
-    need(cfg.optimizer.warmup_steps >= 1, "optimizer.warmup_steps", "must be >= 1")
-    need(
-        cfg.optimizer.schedule in ("rsqrt", "constant"),
-        "optimizer.schedule",
-        "choose 'rsqrt' or 'constant'",
-    )
-    need(cfg.train.num_steps >= 0, "train.num_steps", "must be >= 0")
-    need(0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
-    need(
-        cfg.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "choose 'stop' or 'skip'"
-    )
+    def fail(key: str, why: str) -> NoReturn:
+        raise ConfigError(f"config key '{key}'={_shown(_get(cfg, key))}: {why}")
+
+    def need(key: str, ok, why: str) -> None:
+        value = _get(cfg, key)
+        if value is not _MISSING and not ok(value):
+            fail(key, why)
+
+    base = dict(_leaves(translation_base()))
+    for key, value in _leaves(cfg):
+        want = base.get(key, value)
+        if isinstance(want, bool) != isinstance(value, bool) or not isinstance(
+            value, (float, int) if isinstance(want, float) else type(want)
+        ):
+            fail(key, f"expects {_type_name(want)}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT_LIMIT:
+            fail(key, "must be below 2**31" if value > 0 else "must be above -2**31")
+        if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:  # also nan
+            fail(key, "must be a finite number (float32: at most 3.4e38 in size)")
+    for key, choices in CHOICES.items():
+        need(key, lambda v, c=choices: v in c, f"choose one of {', '.join(choices)}")
+
+    def at_least(low):
+        return lambda v: v >= low
+
+    def in_01(v):  # [0, 1)
+        return 0.0 <= v < 1.0
+
+    need("seed", at_least(0), "must be >= 0")
+    for key in ("name", "src_key", "tgt_key", "train_split", "eval_split", "test_split"):
+        need(f"data.{key}", lambda v: bool(v.strip()), "must not be empty")
+    need("data.max_length", at_least(2), "must be >= 2")
+    max_length = _get(cfg, "data.max_length")
+    for key in ("tokens_per_batch", "eval_tokens_per_batch"):
+        need(
+            f"data.{key}",
+            lambda v: max_length is _MISSING or v >= max_length,
+            f"must be >= data.max_length={max_length}",
+        )
+    need("tokenizer.vocab_size", at_least(8), "must be >= 8")
+    need("tokenizer.max_train_sentences", at_least(1), "must be >= 1")
+
+    for key in ("d_model", "num_heads", "d_ff", "num_decoder_layers", "max_position"):
+        need(f"model.{key}", at_least(1), "must be >= 1")
+    need("model.num_encoder_layers", at_least(0), "must be >= 0")
+    need("model.num_kv_heads", at_least(0), "must be >= 0 (0 = model.num_heads)")
+    heads = _get(cfg, "model.num_heads")
+    if isinstance(heads, int) and heads >= 1:
+        d_model = _get(cfg, "model.d_model")
+        need(
+            "model.num_heads",
+            lambda v: d_model is _MISSING or d_model % v == 0,
+            f"must divide model.d_model={d_model}",
+        )
+        need(
+            "model.num_kv_heads",
+            lambda v: v == 0 or heads % v == 0,
+            f"must divide model.num_heads={heads}",
+        )
+    need("model.dropout_rate", in_01, "must be in [0, 1)")
+    need("model.layer_norm_eps", lambda v: v > 0, "must be > 0")
+
+    for key in ("b1", "b2"):
+        need(f"optimizer.{key}", in_01, "must be in [0, 1)")
+    need("optimizer.eps", lambda v: v > 0, "must be > 0")
+    need("optimizer.lr_scale", lambda v: v > 0, "must be positive")
+    need("optimizer.warmup_steps", at_least(1), "must be >= 1")
+    need("optimizer.grad_clip_norm", at_least(0), "must be >= 0 (0 = off)")
+    need("optimizer.weight_decay", at_least(0), "must be >= 0")
+
+    need("train.num_steps", at_least(0), "must be >= 0")
+    need("train.label_smoothing", in_01, "must be in [0, 1)")
     for key in (
         "log_every",
         "eval_every",
@@ -233,14 +400,33 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         "keep_checkpoints",
         "grad_accum_steps",
     ):
-        need(cfg.train[key] >= 1, f"train.{key}", "must be >= 1")
-    need(cfg.decode.beam_size >= 1, "decode.beam_size", "must be >= 1")
-    need(cfg.decode.max_decode_len >= 1, "decode.max_decode_len", "must be >= 1")
-    need(
-        cfg.model.dtype in ("float32", "bfloat16", "float16"),
-        "model.dtype",
-        "choose float32, bfloat16 or float16",
-    )
+        need(f"train.{key}", at_least(1), "must be >= 1")
+    need("train.eval_batches", at_least(0), "must be >= 0 (0 = the whole split)")
+    need("train.inject_nonfinite_step", at_least(-1), "must be >= 0, or -1 (off)")
+
+    need("decode.beam_size", at_least(1), "must be >= 1")
+    need("decode.alpha", at_least(0), "must be >= 0")
+    need("decode.extra_length", at_least(0), "must be >= 0")
+    need("decode.max_decode_len", at_least(1), "must be >= 1")
+    need("decode.batch_size", at_least(1), "must be >= 1")
+    need("decode.bleu_examples", at_least(0), "must be >= 0 (0 = all)")
+
+    for axis in ("data", "fsdp", "tensor", "sequence"):
+        need(f"mesh.{axis}", lambda v: v >= 1 or v == -1, "must be >= 1, or -1 (the rest)")
+    rest = [
+        f"mesh.{a}" for a in ("data", "fsdp", "tensor", "sequence") if _get(cfg, f"mesh.{a}") == -1
+    ]
+    if len(rest) > 1:
+        fail(rest[1], f"at most one mesh axis may be -1 ({rest[0]} is -1 too)")
+    need("mesh.num_devices", at_least(0), "must be >= 0 (0 = every device)")
+    rules = _get(cfg, "mesh.rules")
+    if rules is not _MISSING:
+        from transformer_jax.train.sharding import rules_for
+
+        try:
+            rules_for(rules)
+        except ValueError as e:
+            fail("mesh.rules", str(e).splitlines()[0] if str(e) else "invalid")
 
 
 def model_config(

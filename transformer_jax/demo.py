@@ -6,7 +6,7 @@ python -m transformer_jax.demo --workdir runs/demo
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import time
 
 EXAMPLES = [
@@ -19,14 +19,25 @@ EXAMPLES = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m transformer_jax.demo", description=__doc__)
     p.add_argument("--workdir", default="runs/demo")
-    p.add_argument(
-        "--config",
-        default=os.path.join(os.path.dirname(__file__), "..", "configs", "translate_tiny.py"),
-    )
+    p.add_argument("--config", default="translate_tiny", help="a shipped config name or a file")
     args, extra = p.parse_known_args(argv)
 
+    from transformer_jax.errors import USER_ERRORS
+    from transformer_jax.train.preemption import Preempted
+
+    try:
+        return _demo(args.config, args.workdir, extra)
+    except Preempted as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return Preempted.exit_code
+    except USER_ERRORS as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _demo(config: str, workdir: str, extra: list[str]) -> int:
     from transformer_jax.__main__ import _overrides, quiet_libraries
     from transformer_jax.config import load_config
     from transformer_jax.pipelines import TranslationPipeline
@@ -35,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     t0 = time.perf_counter()
-    cfg = load_config(os.path.normpath(args.config), _overrides(extra))
-    train_and_evaluate(cfg, args.workdir)
+    cfg = load_config(config, _overrides(extra))
+    train_and_evaluate(cfg, workdir)
     t1 = time.perf_counter()
-    result = evaluate_checkpoint(args.workdir, split=cfg.data.test_split, loss_batches=0)
+    result = evaluate_checkpoint(workdir, split=cfg.data.test_split, loss_batches=0)
     t2 = time.perf_counter()
-    translator = TranslationPipeline.from_workdir(args.workdir)
+    translator = TranslationPipeline.from_workdir(workdir)
     print()
     print(
         f"test BLEU (sacreBLEU, detokenized, {cfg.data.test_split} split): "

@@ -304,38 +304,59 @@ def _check_marian_config(hf: dict[str, Any]) -> None:
         raise ValueError("config.json: unsupported static_position_embeddings=False")
 
 
+# Generation keys of a legacy config.json (read when there is no generation_config.json).
+_GENERATION_KEYS = (
+    "num_beams",
+    "max_length",
+    "max_new_tokens",
+    "length_penalty",
+    "early_stopping",
+    "bad_words_ids",
+    "decoder_start_token_id",
+    "eos_token_id",
+    "forced_eos_token_id",
+    "forced_bos_token_id",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "repetition_penalty",
+    "min_length",
+    "min_new_tokens",
+    "do_sample",
+    "num_beam_groups",
+    "diversity_penalty",
+    "exponential_decay_length_penalty",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+)
+# Settings this import cannot carry, with the values under which they change nothing.
+_NEUTRAL = {
+    "forced_bos_token_id": (None,),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "repetition_penalty": (None, 1, 1.0),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "do_sample": (None, False),
+    "num_beam_groups": (None, 1),
+    "diversity_penalty": (None, 0, 0.0),
+    "exponential_decay_length_penalty": (None,),
+    "suppress_tokens": (None, []),
+    "begin_suppress_tokens": (None, []),
+}
+# generate() without max_length or max_new_tokens makes this many new tokens.
+HF_DEFAULT_NEW_TOKENS = 20
+
+
 def _generation_settings(src_dir: str, hf: dict[str, Any]) -> dict[str, Any]:
-    """Decoding defaults: config.json's generation keys overridden by generation_config.json."""
-    gen = {
-        k: hf[k]
-        for k in (
-            "num_beams",
-            "max_length",
-            "length_penalty",
-            "bad_words_ids",
-            "decoder_start_token_id",
-            "eos_token_id",
-            "forced_bos_token_id",
-            "no_repeat_ngram_size",
-            "repetition_penalty",
-            "min_length",
-            "do_sample",
-        )
-        if k in hf
-    }
-    extra = _read_json(src_dir, "generation_config.json", required=False)
-    if extra is not None:
-        if not isinstance(extra, dict):
-            raise ValueError("generation_config.json must hold a JSON object")
-        gen.update(extra)
-    neutral = {
-        "forced_bos_token_id": (None,),
-        "no_repeat_ngram_size": (None, 0),
-        "repetition_penalty": (None, 1, 1.0),
-        "min_length": (None, 0),
-        "do_sample": (None, False),
-    }
-    for key, ok in neutral.items():
+    """Decoding defaults as `generate()` reads them: generation_config.json when there is
+    one, else the generation keys of config.json. Unset (null) keys are left out."""
+    gen = _read_json(src_dir, "generation_config.json", required=False)
+    if gen is None:
+        gen = {k: hf[k] for k in _GENERATION_KEYS if k in hf}
+    elif not isinstance(gen, dict):
+        raise ValueError("generation_config.json must hold a JSON object")
+    gen = {k: v for k, v in gen.items() if v is not None}
+    for key, ok in _NEUTRAL.items():
         if key in gen and gen[key] not in ok:
             raise ValueError(f"generation settings: unsupported {key}={gen[key]!r}")
     return gen
@@ -626,6 +647,21 @@ def _check_tokenizer(tok: MarianTokenizer, cfg) -> None:
             )
 
 
+def _forced_eos(gen: dict[str, Any], eos_id: int) -> bool:
+    """Whether generation forces eos as the last token (`forced_eos_token_id`)."""
+    forced = gen.get("forced_eos_token_id")
+    if forced is None:
+        return False
+    if isinstance(forced, list) and len(forced) == 1:
+        forced = forced[0]
+    if forced != eos_id or isinstance(forced, bool):
+        raise ValueError(
+            f"generation settings: unsupported forced_eos_token_id={gen['forced_eos_token_id']!r}"
+            f" (only the eos token {eos_id})"
+        )
+    return True
+
+
 def _run_config(cfg, gen: dict[str, Any], vocab_size: int):
     from transformer_jax.config import translation_base, validate
 
@@ -642,19 +678,32 @@ def _run_config(cfg, gen: dict[str, Any], vocab_size: int):
     m.attention_bias = True
     m.position_layout, m.max_position = "halves", cfg.max_position
 
+    # The settings keep Hugging Face's meaning: its beam scoring ("hf": logp / len**length_penalty,
+    # its early_stopping), not the paper's GNMT penalty (decode.alpha is not used).
     beams = _int(gen, "num_beams", 1)
     if beams < 1:
         raise ValueError(f"generation settings: unsupported num_beams={beams}")
-    # Hugging Face's max_length counts the decoder start token; ours counts generated tokens.
-    max_length = _int(gen, "max_length", run.decode.max_decode_len + 1)
-    max_decode_len = max(1, min(max_length, cfg.max_position) - 1)
-    alpha = gen.get("length_penalty", 1.0)
-    if alpha is None:
-        alpha = 1.0
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
-        raise ValueError(f"generation settings: unsupported length_penalty={alpha!r}")
+    lp = gen.get("length_penalty", 1.0)
+    if isinstance(lp, bool) or not isinstance(lp, int | float) or not np.isfinite(lp):
+        raise ValueError(f"generation settings: unsupported length_penalty={lp!r}")
+    early = gen.get("early_stopping", False)
+    if not (early is False or early is True or early == "never"):
+        raise ValueError(f"generation settings: unsupported early_stopping={early!r}")
     run.decode.beam_size = beams
-    run.decode.alpha = float(alpha)
+    run.decode.length_penalty_type = "hf"
+    run.decode.length_penalty = float(lp)
+    run.decode.early_stopping = {False: "false", True: "true"}.get(early, "never")
+    run.decode.forced_eos = _forced_eos(gen, cfg.eos_id)
+    # Hugging Face's max_length counts the decoder start token: max_length - 1 new tokens
+    # (max_new_tokens, where set, wins; with neither, 20). Ours counts the new tokens only.
+    # The position table bounds both.
+    if "max_new_tokens" in gen:
+        new_tokens = _int(gen, "max_new_tokens")
+    elif "max_length" in gen:
+        new_tokens = _int(gen, "max_length") - 1
+    else:
+        new_tokens = HF_DEFAULT_NEW_TOKENS
+    max_decode_len = max(1, min(new_tokens, cfg.max_position - 1))
     run.decode.max_decode_len = max_decode_len
     run.decode.extra_length = max_decode_len  # no source-length-dependent cap
     validate(run)

@@ -12,16 +12,23 @@ All decoders run as a single ``jax.lax.while_loop`` and are jittable once ``toke
 and the static keyword arguments are closed over (e.g. with ``functools.partial``). Returned
 sequences hold generated tokens only (no start token), end with ``eos_id`` where the model
 produced it, and are padded with ``PAD_ID`` afterwards.
+
+Two options follow Hugging Face's logits processors: ``banned_ids`` (tokens never generated;
+their log-probability is set to -inf after the log-softmax, like ``bad_words_ids``) and
+``forced_eos`` (the last allowed token of an example is ``eos_id``, like
+``forced_eos_token_id``). Beam search scores finished hypotheses either with the paper's GNMT
+penalty or, with ``length_penalty_type="hf"``, exactly as ``transformers`` does.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 PyTree = Any
@@ -30,8 +37,13 @@ StepFn = Callable[[jax.Array, PyTree], tuple[jax.Array, PyTree]]
 PAD_ID = 0
 # Finite "minus infinity" for log-probabilities; anything below NEG_INF / 2 counts as invalid.
 NEG_INF = -1.0e9
+LENGTH_PENALTY_TYPES = ("gnmt", "hf")
+# Hugging Face's `early_stopping` values (False, True, "never") as strings.
+EARLY_STOPPING = ("false", "true", "never")
 
 __all__ = [
+    "EARLY_STOPPING",
+    "LENGTH_PENALTY_TYPES",
     "NEG_INF",
     "PAD_ID",
     "beam_search",
@@ -39,6 +51,7 @@ __all__ = [
     "flatten_beams",
     "gather_beams",
     "greedy_search",
+    "hf_length_penalty",
     "length_penalty",
     "sample_logits",
     "unflatten_beams",
@@ -105,6 +118,11 @@ def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
+def hf_length_penalty(length: jax.Array, exponent: float) -> jax.Array:
+    """Hugging Face's length penalty: a finished hypothesis scores ``logp / length ** exponent``."""
+    return jnp.asarray(length, jnp.float32) ** exponent
+
+
 def _resolve_max_lengths(
     max_lengths: jax.Array | None, batch_size: int, max_decode_len: int
 ) -> jax.Array:
@@ -113,6 +131,43 @@ def _resolve_max_lengths(
         return jnp.full((batch_size,), max_decode_len, jnp.int32)
     max_lengths = jnp.asarray(max_lengths, jnp.int32).reshape(batch_size)
     return jnp.clip(max_lengths, 0, max_decode_len)
+
+
+def _process(
+    scores: jax.Array,
+    step: jax.Array,
+    max_lengths: jax.Array,
+    *,
+    eos_id: int,
+    forced_eos: bool,
+    banned_ids: tuple[int, ...],
+) -> jax.Array:
+    """Bans ``banned_ids`` and, where this step is an example's last, forces ``eos_id``.
+
+    ``scores`` is ``[B, V]`` or ``[B, K, V]`` (logits or log-probabilities). As Hugging Face's
+    processors do, the banned tokens get -inf and a forced step gets 0 for eos, -inf elsewhere.
+    """
+    vocab = scores.shape[-1]
+    if banned_ids:
+        if max(banned_ids) >= vocab:
+            raise ValueError(
+                f"banned_ids {list(banned_ids)} reach outside the vocabulary ({vocab})"
+            )
+        banned = np.zeros((vocab,), bool)
+        banned[list(banned_ids)] = True
+        scores = jnp.where(banned, -jnp.inf, scores)
+    if forced_eos:
+        only_eos = jnp.where(jnp.arange(vocab) == eos_id, 0.0, -jnp.inf)
+        last = (step == max_lengths - 1).reshape(-1, *([1] * (scores.ndim - 1)))
+        scores = jnp.where(last, only_eos, scores)
+    return scores
+
+
+def _check_banned(banned_ids: Any) -> tuple[int, ...]:
+    banned = tuple(int(i) for i in banned_ids)
+    if any(i < 0 for i in banned):
+        raise ValueError(f"banned_ids must be non-negative token ids, got {list(banned)}")
+    return banned
 
 
 def _step_logits(
@@ -191,13 +246,18 @@ def greedy_search(
     top_k: int = 0,
     top_p: float | jax.Array = 1.0,
     rng: jax.Array | None = None,
+    forced_eos: bool = False,
+    banned_ids: Sequence[int] = (),
 ) -> jax.Array:
     """Greedy (``temperature == 0``) or sampled decoding; returns ``int32[B, max_decode_len]``.
 
     ``cache`` leaves have leading dimension ``batch_size``. An example is finished once it
     emits ``eos_id`` (kept in the output) or reaches ``max_lengths[b]`` generated tokens; the
-    rest of its row is ``PAD_ID``. The loop stops when every example is finished.
+    rest of its row is ``PAD_ID``. The loop stops when every example is finished. With
+    ``forced_eos`` the token at position ``max_lengths[b] - 1`` is ``eos_id``; ``banned_ids``
+    are never generated.
     """
+    banned_ids = _check_banned(banned_ids)
     sampling = not _is_static_value(temperature, 0.0)
     if sampling and rng is None:
         raise ValueError("greedy_search: `rng` is required when temperature != 0.")
@@ -211,6 +271,14 @@ def greedy_search(
 
     def body(state: _GreedyState) -> _GreedyState:
         logits, new_cache = _step_logits(tokens_to_logits, state.last, state.cache)
+        logits = _process(
+            logits,
+            state.step,
+            max_lengths,
+            eos_id=eos_id,
+            forced_eos=forced_eos,
+            banned_ids=banned_ids,
+        )
         if sampling:
             key = jax.random.fold_in(rng, state.step)
             tokens = sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -245,6 +313,7 @@ class _BeamState(NamedTuple):
     fin_seqs: jax.Array  # int32[B, K, L]
     fin_scores: jax.Array  # float32[B, K]: length-normalised, sorted descending
     fin_flags: jax.Array  # bool[B, K]: slot holds a real hypothesis
+    improvable: jax.Array  # bool[B]: "hf" scoring: a live beam may still beat a finished one
     cache: PyTree  # leaves [B * K, ...]
 
 
@@ -259,30 +328,67 @@ def beam_search(
     start_id: int,
     eos_id: int,
     max_lengths: jax.Array | None = None,
+    length_penalty_type: str = "gnmt",
+    early_stopping: str = "false",
+    forced_eos: bool = False,
+    banned_ids: Sequence[int] = (),
 ) -> tuple[jax.Array, jax.Array]:
     """Beam search with length penalty; returns ``(int32[B, K, L], float32[B, K])`` best first.
 
     ``cache`` leaves have leading dimension ``batch_size`` and are expanded to
     ``batch_size * beam_size`` internally. Each step keeps the top ``2K`` extensions of the
     alive beams; those ending in ``eos_id`` (or reaching ``max_lengths[b]``, which forces them
-    to finish without eos) enter the finished pool scored by ``logp / length_penalty(len)``,
-    the rest refill the alive pool. An example stops once no alive beam can beat its worst
-    finished hypothesis; examples without finished hypotheses fall back to their alive beams.
+    to finish without eos) enter the finished pool, the rest refill the alive pool.
+
+    ``length_penalty_type`` chooses how ``alpha`` scores a finished hypothesis of ``n`` tokens:
+
+    * ``"gnmt"`` (the paper): ``logp / ((5 + n) / 6) ** alpha``; any of the ``2K`` extensions
+      may finish, and an example stops once no alive beam can beat its worst finished
+      hypothesis even at its longest (an exact bound); ``early_stopping`` is not used.
+    * ``"hf"`` (Hugging Face ``generate()``, ``alpha`` being its ``length_penalty``):
+      ``logp / n ** alpha``; only extensions among the top ``K`` may finish, and an example stops
+      as ``early_stopping`` says: ``"true"`` once it has ``K`` finished hypotheses, ``"false"``
+      once its best alive beam, scored at the current length, cannot beat the worst of ``K``
+      finished ones, ``"never"`` likewise but scored at ``max_lengths[b]`` when ``alpha > 0``.
+
+    Examples without finished hypotheses fall back to their alive beams.
     """
+    if length_penalty_type not in LENGTH_PENALTY_TYPES:
+        raise ValueError(
+            f"length_penalty_type={length_penalty_type!r}: choose one of {LENGTH_PENALTY_TYPES}"
+        )
+    if early_stopping not in EARLY_STOPPING:
+        raise ValueError(f"early_stopping={early_stopping!r}: choose one of {EARLY_STOPPING}")
+    banned_ids = _check_banned(banned_ids)
+    hf = length_penalty_type == "hf"
     B, K, L = batch_size, beam_size, max_decode_len
     max_lengths = _resolve_max_lengths(max_lengths, B, L)
-    best_possible_penalty = length_penalty(max_lengths, alpha)  # [B]
     positions = jnp.arange(L)[None, None, :]
 
-    def cond(state: _BeamState) -> jax.Array:
+    def penalty(length: jax.Array) -> jax.Array:
+        if hf:  # a length of 0 (nothing generated) only reaches the fallback below
+            return hf_length_penalty(jnp.maximum(length, 1), alpha)
+        return length_penalty(length, alpha)
+
+    best_possible_penalty = penalty(max_lengths)  # [B]
+
+    def done(state: _BeamState) -> jax.Array:
+        """bool[B]: the example's finished pool can no longer change."""
+        if hf:
+            out = ~state.improvable | (state.step >= max_lengths)
+            if early_stopping == "true":
+                out |= jnp.all(state.fin_flags, axis=1)
+            return out
         best_alive = state.alive_logp[:, 0]
         worst_finished = jnp.min(jnp.where(state.fin_flags, state.fin_scores, NEG_INF), axis=1)
-        done = (
+        return (
             (state.step >= max_lengths)
             | (best_alive <= NEG_INF / 2)
             | (worst_finished > best_alive / best_possible_penalty)
         )
-        return (state.step < L) & ~jnp.all(done)
+
+    def cond(state: _BeamState) -> jax.Array:
+        return (state.step < L) & ~jnp.all(done(state))
 
     def body(state: _BeamState) -> _BeamState:
         logits, new_cache = _step_logits(
@@ -290,6 +396,14 @@ def beam_search(
         )
         vocab = logits.shape[-1]
         logp = jax.nn.log_softmax(logits, axis=-1).reshape(B, K, vocab)
+        logp = _process(
+            logp,
+            state.step,
+            max_lengths,
+            eos_id=eos_id,
+            forced_eos=forced_eos,
+            banned_ids=banned_ids,
+        )
         candidates = (state.alive_logp[:, :, None] + logp).reshape(B, K * vocab)
         top_logp, top_idx = lax.top_k(candidates, 2 * K)  # [B, 2K]
         src_beam = top_idx // vocab
@@ -304,16 +418,34 @@ def beam_search(
         valid = (top_logp > NEG_INF / 2) & in_budget
 
         # Alive pool: best K extensions that do not finish.
-        alive_logp, alive_pos = lax.top_k(jnp.where(finishing, NEG_INF, top_logp), K)
+        if hf:  # as transformers does: finishing ones sink by 1e9 rather than drop out
+            alive_logp, alive_pos = lax.top_k(top_logp + jnp.where(finishing, NEG_INF, 0.0), K)
+        else:
+            alive_logp, alive_pos = lax.top_k(jnp.where(finishing, NEG_INF, top_logp), K)
         alive_src = jnp.take_along_axis(src_beam, alive_pos, axis=1)
         cache = flatten_beams(gather_beams(unflatten_beams(new_cache, B), alive_src))
 
         # Finished pool: merge the new finished hypotheses with the old ones, keep the best K.
         new_flags = finishing & valid
-        new_scores = jnp.where(new_flags, top_logp / length_penalty(new_len, alpha), NEG_INF)
+        if hf:  # only the top K may finish, and not into a pool that can no longer change
+            new_flags &= (jnp.arange(2 * K) < K)[None, :] & ~done(state)[:, None]
+        new_scores = jnp.where(new_flags, top_logp / penalty(new_len), NEG_INF)
         fin_scores, fin_pos = lax.top_k(jnp.concatenate([state.fin_scores, new_scores], axis=1), K)
         fin_seqs = gather_beams(jnp.concatenate([state.fin_seqs, seqs], axis=1), fin_pos)
         fin_flags = gather_beams(jnp.concatenate([state.fin_flags, new_flags], axis=1), fin_pos)
+
+        improvable = state.improvable
+        if hf:
+            # transformers' stopping heuristic: the best alive beam, scored at the current
+            # length ("never" with a positive exponent: at the longest), against the worst
+            # finished hypothesis; a slot not yet finished counts as -1e9. Once false, stays.
+            if early_stopping == "never" and alpha > 0:
+                best_len = max_lengths
+            else:
+                best_len = jnp.broadcast_to(new_len, (B,))
+            best_alive = alive_logp[:, 0] / hf_length_penalty(best_len, alpha)
+            worst = jnp.where(fin_flags, jnp.min(fin_scores, axis=1, keepdims=True), NEG_INF)
+            improvable &= jnp.any(best_alive[:, None] > worst, axis=1)
 
         return _BeamState(
             step=new_len,
@@ -323,6 +455,7 @@ def beam_search(
             fin_seqs=fin_seqs,
             fin_scores=fin_scores,
             fin_flags=fin_flags,
+            improvable=improvable,
             cache=cache,
         )
 
@@ -335,6 +468,7 @@ def beam_search(
         fin_seqs=jnp.full((B, K, L), PAD_ID, jnp.int32),
         fin_scores=jnp.full((B, K), NEG_INF, jnp.float32),
         fin_flags=jnp.zeros((B, K), bool),
+        improvable=jnp.ones((B,), bool),
         cache=flatten_beams(expand_to_beams(cache, K)),
     )
     state = lax.while_loop(cond, body, init)
@@ -343,7 +477,7 @@ def beam_search(
     has_finished = jnp.any(state.fin_flags, axis=1)
     alive_len = jnp.minimum(state.step, max_lengths)
     alive_seqs = jnp.where(positions < alive_len[:, None, None], state.alive_seqs, PAD_ID)
-    alive_scores = state.alive_logp / length_penalty(alive_len, alpha)[:, None]
+    alive_scores = state.alive_logp / penalty(alive_len)[:, None]
     seqs = jnp.where(has_finished[:, None, None], state.fin_seqs, alive_seqs)
     scores = jnp.where(has_finished[:, None], state.fin_scores, alive_scores)
     return seqs, scores

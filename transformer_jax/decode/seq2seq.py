@@ -6,13 +6,28 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from transformer_jax.decode.search import beam_search, greedy_search
 from transformer_jax.models.translation import EncoderDecoder
 from transformer_jax.nn.config import TransformerConfig
 
 
-@functools.partial(jax.jit, static_argnames=("config", "beam_size", "alpha", "max_decode_len"))
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "config",
+        "beam_size",
+        "alpha",
+        "max_decode_len",
+        "length_penalty_type",
+        "length_penalty",
+        "early_stopping",
+        "forced_eos",
+        "banned_ids",
+    ),
+)
 def translate_ids(
     params,
     inputs_BS,
@@ -22,10 +37,18 @@ def translate_ids(
     beam_size: int,
     alpha: float,
     max_decode_len: int,
+    length_penalty_type: str = "gnmt",
+    length_penalty: float = 1.0,
+    early_stopping: str = "false",
+    forced_eos: bool = False,
+    banned_ids: tuple[int, ...] = (),
 ):
     """Best hypothesis [B, max_decode_len] per source row (beam_size 1 = greedy).
 
-    `max_lengths_B` caps each row's output (the paper: input length + 50).
+    `max_lengths_B` caps each row's output (the paper: input length + 50). Beam scoring:
+    `length_penalty_type` "gnmt" uses `alpha` (the paper's penalty), "hf" uses
+    `length_penalty` and `early_stopping` as Hugging Face's `generate()` does. With
+    `forced_eos` a row's last allowed token is eos; `banned_ids` are never generated.
     """
     model = EncoderDecoder(config.replace(decode=True, deterministic=True))
     B = inputs_BS.shape[0]
@@ -56,17 +79,23 @@ def translate_ids(
             start_id=config.decoder_start_id,
             eos_id=config.eos_id,
             max_lengths=max_lengths_B,
+            forced_eos=forced_eos,
+            banned_ids=banned_ids,
         )
     seqs_BKL, _ = beam_search(
         tokens_to_logits,
         cache,
         batch_size=B,
         beam_size=beam_size,
-        alpha=alpha,
+        alpha=length_penalty if length_penalty_type == "hf" else alpha,
         max_decode_len=max_decode_len,
         start_id=config.decoder_start_id,
         eos_id=config.eos_id,
         max_lengths=max_lengths_B,
+        length_penalty_type=length_penalty_type,
+        early_stopping=early_stopping,
+        forced_eos=forced_eos,
+        banned_ids=banned_ids,
     )
     return seqs_BKL[:, 0, :]
 
@@ -74,3 +103,33 @@ def translate_ids(
 def output_limits(src_lengths, extra_length: int, max_decode_len: int):
     """The paper's maximum output length: input length + extra, capped by the buffer."""
     return jnp.minimum(jnp.asarray(src_lengths, jnp.int32) + extra_length, max_decode_len)
+
+
+def translate_rows(
+    params, inputs_BS, max_lengths_B, *, rows_sharding: NamedSharding | None = None, **settings
+) -> np.ndarray:
+    """`translate_ids` from host arrays to host ids [B, max_decode_len].
+
+    With `rows_sharding` (a sharding of the row dimension over a mesh) the rows
+    are split over the mesh's devices, those of every host: each host places
+    and decodes only its own rows, then all rows are gathered so that every
+    host returns all of them. Under several processes every host must call
+    this with the same arrays, in the same order as the other hosts.
+    """
+    if rows_sharding is None:
+        return np.asarray(translate_ids(params, inputs_BS, max_lengths_B, **settings))
+    inputs_BS, max_lengths_B = (
+        # Each host reads only the slices of its own devices from the full host array.
+        jax.make_array_from_callback(x.shape, rows_sharding, lambda index, x=x: x[index])
+        for x in (np.asarray(inputs_BS), np.asarray(max_lengths_B))
+    )
+    ids_BL = translate_ids(params, inputs_BS, max_lengths_B, **settings)
+    if not (ids_BL.is_fully_addressable or ids_BL.is_fully_replicated):
+        # Rows decoded on other hosts cannot be fetched: an all-gather replicates them.
+        replicated = NamedSharding(rows_sharding.mesh, PartitionSpec())
+        ids_BL = jax.jit(_identity, out_shardings=replicated)(ids_BL)
+    return np.asarray(ids_BL)
+
+
+def _identity(x):
+    return x

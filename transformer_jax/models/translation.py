@@ -15,6 +15,18 @@ from transformer_jax.nn.transformer import (
     segments_from_ids,
 )
 
+# A final-logits bias this low gives a token probability 0 in float32 whatever the
+# other logits (exp underflows): the model can never emit it. Imports ban tokens
+# with -1e9 (see convert.marian.BANNED_LOGIT), far below.
+BANNED_BELOW = -1.0e4
+
+
+def emittable_tokens(config: TransformerConfig, params):
+    """Bool [V_out]: the tokens the model can emit, or None when it can emit every token."""
+    if not config.final_logits_bias:
+        return None
+    return jax.lax.stop_gradient(params["final_logits_bias"]) > BANNED_BELOW
+
 
 def shift_right(targets_BT, start_id: int, pos_BT=None, seg_BT=None):
     """Decoder inputs: start token, then targets[:-1]; restarts per packed segment."""

@@ -19,7 +19,7 @@ import numpy as np
 from transformer_jax.train import paths
 from transformer_jax.train import sharding as shd
 from transformer_jax.train.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
-from transformer_jax.train.metrics import MetricsWriter, log
+from transformer_jax.train.metrics import MetricsWriter, Progress, log, report
 from transformer_jax.train.tasks import Task, make_task
 
 
@@ -105,9 +105,14 @@ def evaluate_loss(setup, params, split: str, max_batches: int) -> dict[str, floa
         blank = {k: np.zeros(shape, np.int32) for k in BATCH_KEYS}
         batches += [blank] * (count - len(batches))
     metrics = []
+    label = f"evaluating {split} loss"
+    report(label, 0, count)
     with setup.context():
-        for batch in batches:
+        for i, batch in enumerate(batches):
             metrics.append(fn(params, shd.global_batch(batch, setup.mesh)))
+            if i:  # waits for the batch before this one only: one stays queued on the device
+                jax.block_until_ready(metrics[-2])
+                report(label, i, count)
     return summarize(metrics) if metrics else {}
 
 
@@ -135,10 +140,64 @@ def run_eval(
     if writer is not None:
         writer.write(step, out)
     shown = " ".join(f"{k}={v:.4g}" for k, v in out.items())
-    log(f"\neval at step {step} ({time.perf_counter() - t0:.1f}s): {shown}")
+    log(f"eval at step {step} ({time.perf_counter() - t0:.1f}s): {shown}")
     for ex in q.get("examples", [])[:2]:
         log(f"  {ex['source']!r} -> {ex['hypothesis']!r} (ref {ex['reference']!r})")
     return dict(out, examples=q.get("examples", []))
+
+
+# What an evaluation of an existing model may change; everything else is the run's.
+EVAL_KEYS = (
+    "decode.",
+    "mesh.",
+    "data.name",
+    "data.data_dir",
+    "data.src_key",
+    "data.tgt_key",
+    "data.eval_tokens_per_batch",
+    "model.attention_impl",
+    "model.dtype",
+    "train.progress",
+)
+# Run-config keys that `tjax eval` replaces with its own options.
+EVAL_OPTIONS = {
+    "decode.bleu_examples": "--limit",
+    "train.eval_batches": "--loss-batches",
+    "data.eval_split": "--split",
+    "data.test_split": "--split",
+}
+
+
+def eval_config(run_config, overrides=()) -> tuple[Any, dict[str, Any]]:
+    """The run config with eval overrides applied, and the overrides that changed a value.
+
+    An override that cannot apply to evaluating an existing model is a `ConfigError`
+    naming its key; one that repeats the run's own value changes nothing and is accepted.
+    """
+    from transformer_jax.config import ConfigError, apply_overrides
+    from transformer_jax.train.workdir import flatten
+
+    before = flatten(run_config.to_dict())
+    cfg = apply_overrides(run_config, overrides)
+    after = flatten(cfg.to_dict())
+    applied: dict[str, Any] = {}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if after.get(key) == before.get(key):
+            continue
+        if key in EVAL_OPTIONS:
+            raise ConfigError(
+                f"config key '{key}' does not apply to eval: use {EVAL_OPTIONS[key]} instead"
+            )
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in EVAL_KEYS):
+            raise ConfigError(
+                f"config key '{key}' cannot change for an existing run (it was trained with "
+                f"{before.get(key)!r}); eval accepts decode.*, mesh.*, data.name, "
+                "data.data_dir, data.src_key, data.tgt_key, data.eval_tokens_per_batch, "
+                "model.attention_impl, model.dtype, train.progress"
+            )
+        applied[key] = after[key]
+    return cfg, applied
 
 
 class InferenceSetup:
@@ -152,18 +211,25 @@ class InferenceSetup:
         averaged: bool,
         overrides: list[str] | tuple[str, ...] = (),
     ):
-        from transformer_jax.config import apply_overrides
+        import jax.numpy as jnp
+
         from transformer_jax.train.restore import load_for_inference
 
         loaded = load_for_inference(workdir, step=step, averaged=averaged)
-        cfg = apply_overrides(loaded.run_config, overrides)
+        cfg, self.overrides = eval_config(loaded.run_config, overrides)
         self.cfg = cfg
         self.workdir = paths.resolve(workdir)
         self.step = loaded.step
         self.params = loaded.params
         self.task = make_task(cfg)
         self.src_tok, self.tgt_tok = loaded.src_tokenizer, loaded.tgt_tokenizer
-        self.model_config = loaded.model_config
+        # The architecture is the checkpoint's; only how it computes may change.
+        changes = {}
+        if "model.attention_impl" in self.overrides:
+            changes["attention_impl"] = cfg.model.attention_impl
+        if "model.dtype" in self.overrides:
+            changes["dtype"] = jnp.dtype(cfg.model.dtype)
+        self.model_config = loaded.model_config.replace(**changes)
         self.model = self.task.build_model(self.model_config)
         self.mesh = shd.make_mesh(cfg.mesh)
         self.rules = shd.rules_for(cfg.mesh.rules)
@@ -185,16 +251,105 @@ def evaluate_checkpoint(
     """Eval loss and the task metric (BLEU) of one checkpoint on a split; writes JSON."""
     setup = InferenceSetup(workdir, step=step, averaged=averaged, overrides=overrides)
     split = split or setup.cfg.data.test_split
-    out = run_eval(
-        setup, setup.params, split, None, setup.step, bleu_limit=limit, loss_batches=loss_batches
-    )
-    out = {"step": setup.step, "split": split, "averaged": averaged, **out}
-    name = f"eval_{split}_step{setup.step}{'_averaged' if averaged else ''}.json"
+    with Progress(None, enabled=setup.cfg.train.progress):  # phases: loss n/N, decoding n/N
+        out = run_eval(
+            setup,
+            setup.params,
+            split,
+            None,
+            setup.step,
+            bleu_limit=limit,
+            loss_batches=loss_batches,
+        )
+    settings = _eval_settings(setup, split, averaged, limit, loss_batches)
+    out = {"step": setup.step, "split": split, "averaged": averaged, "settings": settings, **out}
     if jax.process_index() == 0:
-        path = paths.join(setup.workdir, name)
-        paths.write_text(path, json.dumps(out, indent=2, ensure_ascii=False))
-        out["path"] = path
+        out["path"] = _write_new(
+            setup.workdir, _eval_name(setup.step, split, averaged, limit, loss_batches, setup), out
+        )
     return out
+
+
+def _eval_settings(setup, split: str, averaged: bool, limit: int, loss_batches: int) -> dict:
+    """Everything that decides an evaluation's numbers, as recorded next to them."""
+    from transformer_jax.train.workdir import now_iso
+
+    cfg, m = setup.cfg, setup.model_config
+    return {
+        "split": split,
+        "step": setup.step,
+        "averaged": averaged,
+        "limit": limit,  # examples scored for the task metric; 0 = all
+        "loss_batches": loss_batches,  # batches for the loss; 0 = the whole split
+        "decode": {
+            k: cfg.decode[k]
+            for k in ("beam_size", "alpha", "extra_length", "max_decode_len", "batch_size")
+        },
+        "data": {
+            "name": cfg.data.name,
+            "max_length": cfg.data.max_length,
+            "eval_tokens_per_batch": cfg.data.eval_tokens_per_batch,
+        },
+        "model": {"attention_impl": m.attention_impl, "dtype": np.dtype(m.dtype).name},
+        "mesh": {k: int(v) for k, v in setup.mesh.shape.items()},
+        "overrides": setup.overrides,
+        "time": now_iso(),
+    }
+
+
+def _eval_name(step, split, averaged, limit, loss_batches, setup) -> str:
+    """eval_<split>_step<N>[_averaged][_limit<L>][_lossbatches<B>][_<key>=<value>...]."""
+    import hashlib
+    import re
+
+    parts = [f"eval_{split}_step{step}"]
+    if averaged:
+        parts.append("averaged")
+    if limit:
+        parts.append(f"limit{limit}")
+    if loss_batches:
+        parts.append(f"lossbatches{loss_batches}")
+    extra = [f"{k}={v}" for k, v in sorted(setup.overrides.items()) if k != "train.progress"]
+    if extra:
+        joined = "_".join(extra)
+        if len(joined) > 120:  # the full settings are in the file
+            joined = "overrides-" + hashlib.sha1(joined.encode()).hexdigest()[:10]
+        parts.append(joined)
+    return re.sub(r"[^A-Za-z0-9._=+-]", "-", "_".join(parts))
+
+
+def _write_new(workdir: str, name: str, out: dict[str, Any]) -> str:
+    """Writes `<name>.json`, or `<name>_2.json`, ...: an earlier result is never replaced."""
+    import os
+
+    from etils import epath
+
+    text = json.dumps(out, indent=2, ensure_ascii=False)
+    for n in range(1, 10_000):
+        path = paths.join(workdir, f"{name}{'' if n == 1 else f'_{n}'}.json")
+        if paths.is_remote(path):  # object stores: no exclusive create, check first
+            if not epath.Path(path).exists():
+                paths.write_text(path, text)
+                return path
+            continue
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)  # atomic; fails if the name is taken, also by a concurrent eval
+            return path
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links on this filesystem: create exclusively instead
+            try:
+                with open(path, "x", encoding="utf-8") as f:
+                    f.write(text)
+                return path
+            except FileExistsError:
+                continue
+        finally:
+            os.unlink(tmp)
+    raise CheckpointError(f"too many evaluation files named {name}_*.json in {workdir}")
 
 
 def average_checkpoints(workdir: str, last: int) -> dict[str, Any]:

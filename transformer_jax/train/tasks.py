@@ -178,6 +178,8 @@ class TranslationTask(Task):
         return model.init(rng, batch["inputs"], batch["targets"])
 
     def loss(self, model, params, batch, rng):
+        from transformer_jax.models.translation import emittable_tokens
+
         logits_BTV = model.apply(
             {"params": params},
             batch["inputs"],
@@ -191,7 +193,12 @@ class TranslationTask(Task):
         seg = batch.get("targets_segmentation")
         weights_BT = (batch["targets"] != model.config.pad_id) if seg is None else seg > 0
         loss_sum, nll_sum, w, correct = smoothed_cross_entropy(
-            logits_BTV, batch["targets"], weights_BT, self.cfg.train.label_smoothing
+            logits_BTV,
+            batch["targets"],
+            weights_BT,
+            self.cfg.train.label_smoothing,
+            # Smoothing spreads over the tokens the model can emit (an import bans some).
+            allowed_V=emittable_tokens(model.config, params),
         )
         src_seg = batch.get("inputs_segmentation")
         src_tokens = jnp.sum(
@@ -209,21 +216,26 @@ class TranslationTask(Task):
     # -- quality ---------------------------------------------------------------------------
 
     def quality(self, params, config, src_tok, tgt_tok, split: str, limit: int) -> dict[str, Any]:
+        """Corpus BLEU of the first `limit` examples (0 = all) of a split.
+
+        Within a mesh context (`jax.sharding.get_mesh()`) the decoding is split
+        over the mesh's devices, all hosts included; every host then scores all
+        examples and returns the same result.
+        """
         from transformer_jax.evaluate.bleu import corpus_bleu
         from transformer_jax.pipelines import TranslationPipeline
+        from transformer_jax.train.restore import decode_settings
 
         dec = self.cfg.decode
+        mesh = jax.sharding.get_mesh()
         pipe = TranslationPipeline(
             params=params,
             model_config=config,
             src_tokenizer=src_tok,
             tgt_tokenizer=tgt_tok,
-            beam_size=dec.beam_size,
-            alpha=dec.alpha,
-            extra_length=dec.extra_length,
-            max_decode_len=dec.max_decode_len,
-            max_source_len=self.cfg.data.max_length,
+            **decode_settings(self.cfg),
             batch_size=dec.batch_size,
+            mesh=None if mesh.empty else mesh,
         )
         pairs = self.eval_examples(split, limit)
         hyps = pipe.translate([s for s, _ in pairs])

@@ -9,8 +9,8 @@ plugs in through `transformer_jax.train.tasks.Task`.
 from __future__ import annotations
 
 import functools
-import json
 import time
+import types
 from typing import Any
 
 import flax
@@ -21,15 +21,16 @@ import ml_collections
 import numpy as np
 import optax
 
+from transformer_jax.config import ConfigError
 from transformer_jax.data.tokenizer_io import tokenizers_from_json, tokenizers_to_json
-from transformer_jax.nn.config import config_from_json, config_to_json
+from transformer_jax.nn.config import TransformerConfig, config_from_json, config_to_json
 from transformer_jax.train import paths
 from transformer_jax.train import sharding as shd
 from transformer_jax.train.checkpoint import (
     Checkpointer,
     CheckpointError,
+    DamagedCheckpoint,
     checkpoint_dir,
-    damage_reason,
     quarantine,
     steps_to_try,
 )
@@ -45,6 +46,8 @@ from transformer_jax.train.metrics import MetricsWriter, Progress, log
 from transformer_jax.train.optim import make_optimizer, make_schedule
 from transformer_jax.train.preemption import Preempted, StopSignal
 from transformer_jax.train.tasks import Task, make_task
+from transformer_jax.train.workdir import WorkdirLock, check_finished_run
+from transformer_jax.train.workdir import record_config as record_run_config
 
 
 @flax.struct.dataclass
@@ -68,6 +71,16 @@ def _micro_batches(batch, k: int):
     return jax.tree.map(split, batch)
 
 
+def all_finite(tree) -> jax.Array:
+    """Scalar bool: every floating-point value in `tree` is finite (reduced on device)."""
+    oks = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.stack(oks).all() if oks else jnp.asarray(True)
+
+
 def train_step(
     state: TrainState,
     batch,
@@ -83,7 +96,8 @@ def train_step(
 
     Randomness is fold_in(base_rng, step). Gradients are of the summed token loss
     divided by the total token count, so k accumulated micro-batches give the
-    same update as one k-times-larger batch. A non-finite loss or gradient leaves
+    same update as one k-times-larger batch. A non-finite loss, gradient or update
+    (new params or optimizer state, e.g. from an overflowing learning rate) leaves
     params and optimizer state unchanged (the step still counts) and is reported
     in metrics["nonfinite"]; the host decides whether to skip on or stop.
     """
@@ -118,9 +132,15 @@ def train_step(
         scale = jnp.where(state.step == inject_nonfinite_step, jnp.nan, scale)
     grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss_sum"] * scale)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # Finite gradients can still give non-finite parameters or moments (an
+    # infinite learning rate, an overflowing square): such a step is refused too.
+    finite = (
+        jnp.isfinite(grad_norm)
+        & jnp.isfinite(metrics["loss_sum"] * scale)
+        & all_finite((params, opt_state))
+    )
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     metrics = dict(
         metrics,
@@ -165,23 +185,20 @@ class Setup:
         self.restored_state = None
         self.meta = None
         self.step = None
+        # A bad setting is reported as such before any checkpoint is read: only
+        # evidence of damage (`DamagedCheckpoint`) ever sets a step aside below.
+        self._check_model_settings()
         candidates = steps_to_try(self.ckpt, step)
         for i, candidate in enumerate(candidates):
             try:
                 self._load(candidate, for_training)
                 break
-            except CheckpointError:
-                raise
-            except Exception as e:  # unreadable files: a damaged or truncated step
-                reason = damage_reason(e)
+            except DamagedCheckpoint as e:  # see checkpoint.damage_evidence
                 if step is not None:
-                    raise CheckpointError(
-                        f"checkpoint step {candidate} in {self.ckpt.directory} is damaged "
-                        f"({reason})"
-                    ) from None
+                    raise
                 older = candidates[i + 1] if i + 1 < len(candidates) else None
                 log(
-                    f"checkpoint step {candidate} is damaged ({reason}); "
+                    f"checkpoint step {candidate} is damaged ({e.reason}); "
                     + (f"falling back to step {older}" if older is not None else "starting over")
                 )
                 self.damaged.append(candidate)
@@ -193,6 +210,13 @@ class Setup:
             log("training the tokenizer on the training split ...")
             self.src_tok, self.tgt_tok = self.task.make_tokenizers(self.workdir)
             self._build(None)
+
+    def _check_model_settings(self) -> None:
+        """Builds the model from the run config alone (a stand-in vocabulary): a dry run."""
+        stand_in = types.SimpleNamespace(
+            vocab_size=self.cfg.tokenizer.vocab_size, pad_id=0, eos_id=1, bos_id=2
+        )
+        self.task.build_model(self.task.model_config(stand_in, stand_in))
 
     def _build(self, saved_model: dict | None) -> None:
         config = self.task.model_config(self.src_tok, self.tgt_tok)
@@ -211,13 +235,15 @@ class Setup:
     def _load(self, step: int, for_training: bool) -> None:
         """Reads one step completely (metadata and state); raises if anything is unreadable."""
         meta = self.ckpt.restore_meta(step)
-        self.src_tok, self.tgt_tok = tokenizers_from_json(meta["tokenizer"])
+        self.src_tok, self.tgt_tok = self.ckpt.decode(
+            step, "tokenizer", tokenizers_from_json, meta["tokenizer"]
+        )
         imported = not meta.get("data")  # written by `tjax import-hf`: no optimizer, no data
         self.arch_from_checkpoint = imported or bool(
             meta["data"].get("architecture_from_checkpoint")
         )
         if self.arch_from_checkpoint:
-            self._build_from_saved(meta["model"])
+            self._build_from_saved(self.ckpt.decode(step, "model", config_from_json, meta["model"]))
         else:
             self._build(meta["model"])
         if imported:
@@ -227,19 +253,20 @@ class Setup:
             self.restored_state = self.ckpt.restore_state(step, abstract)
         self.meta, self.step = meta, step
 
-    def _build_from_saved(self, saved_model: dict) -> None:
+    def _build_from_saved(self, saved: TransformerConfig) -> None:
         """Architecture from the checkpoint (an imported model), training knobs from the config."""
         m = self.cfg.model
-        saved = config_from_json(saved_model)
-        self._set_model(
-            saved.replace(
+        try:
+            config = saved.replace(
                 dropout_rate=m.dropout_rate,
                 dtype=jnp.dtype(m.dtype),
                 remat=m.remat,
                 attention_impl=m.attention_impl,
                 max_position=max(saved.max_position, self.cfg.data.max_length),
             )
-        )
+        except ValueError as e:  # a bad training knob: the config's, not the checkpoint's
+            raise ConfigError(str(e)) from None
+        self._set_model(config)
 
     def _load_imported(self, step: int) -> None:
         """Imported weights into the configured shardings, with a fresh optimizer state."""
@@ -298,12 +325,16 @@ class Setup:
                 jax.random.key(self.cfg.seed)
             )
 
-    def save(self, state: TrainState, data_state: str, force: bool = False) -> None:
+    def save(
+        self, state: TrainState, data_state: str, force: bool = False, extra_data=None
+    ) -> None:
         self.ckpt.save(
             int(jax.device_get(state.step)),
             state=state,
             data=dict(
-                _data_meta(data_state), architecture_from_checkpoint=self.arch_from_checkpoint
+                _data_meta(data_state),
+                architecture_from_checkpoint=self.arch_from_checkpoint,
+                **(extra_data or {}),
             ),
             config=self.cfg.to_dict(),
             model=config_to_json(self.model_config),
@@ -380,6 +411,14 @@ def _check_batch_layout(setup: Setup, batch: dict[str, np.ndarray]) -> None:
         )
 
 
+def _starting_point(setup: Setup, start: int) -> str:
+    if setup.meta is None:
+        return "starting from scratch"
+    if not setup.meta.get("data"):  # written by `tjax import-hf`
+        return f"starting from imported weights (step {start} of {setup.ckpt.directory})"
+    return f"resuming from step {start}"
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (resuming from the latest good checkpoint in workdir) and returns final metrics.
 
@@ -388,23 +427,35 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
     from transformer_jax.train import distributed
 
     distributed.initialize()  # no-op on one host; TPU/SLURM/TJAX_* env otherwise
+    # One run per workdir, held until the run ends (also by an error or a signal).
+    with WorkdirLock(workdir):
+        return _train_and_evaluate(cfg, workdir)
+
+
+def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     setup = Setup(cfg, workdir, for_training=True)
-    paths.makedirs(setup.workdir)
-    if jax.process_index() == 0:
-        paths.write_text(
-            paths.join(setup.workdir, "config.json"), json.dumps(cfg.to_dict(), indent=2)
-        )
     from transformer_jax.data.pipeline import iterator_state_to_json, restore_iterator_state
     from transformer_jax.train import flops as flops_lib
 
     tc = cfg.train
     state = setup.initial_state()
     start = int(jax.device_get(state.step))
+    resumed = setup.meta is not None and bool(setup.meta.get("data"))  # not imported weights
+    saved_config = setup.meta["config"] if resumed else None
+
+    def record_config() -> None:
+        """config.json and its history, once the config has been checked against the run."""
+        record_run_config(setup.workdir, cfg.to_dict(), start, saved_config, setup.step)
+
+    if start >= tc.num_steps:
+        if resumed:  # nothing to train: a changed config would never be used
+            check_finished_run(setup.workdir, saved_config, cfg.to_dict(), start, tc.num_steps)
+        record_config()
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(
         f"model: {n_params:,} parameters; mesh {dict(setup.mesh.shape)} "
         f"({jax.process_count()} host(s)); "
-        f"{'resuming from step ' + str(start) if start else 'starting from scratch'}"
+        f"{_starting_point(setup, start)}"
     )
 
     ds = setup.task.train_dataset(
@@ -438,25 +489,49 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
     pending: list[dict[str, Any]] = []
     shapes: list[tuple[int, int, int]] = []
     last: dict[str, Any] = {}
-    skipped = 0
+    # Skipped steps so far; the checkpoints keep them, so the count goes on after a resume.
+    saved_data = (setup.meta or {}).get("data") or {}
+    skipped = int(saved_data.get("skipped_steps", 0))
+    skipped_at: list[int] = [int(s) for s in saved_data.get("skipped_at", [])]
     step = start
     t_log = time.perf_counter()
+    # One reduction on device; the output is replicated so every host can read it.
+    state_is_finite = jax.jit(
+        lambda s: all_finite((s.params, s.opt_state)), out_shardings=shd.replicated(setup.mesh)
+    )
+    # The newest checkpoint known to hold a finite state: the restored one, then each save.
+    last_good = start if setup.meta is not None else None
+    if last_good is not None and not bool(state_is_finite(state)):
+        setup.ckpt.close()
+        writer.close()
+        raise TrainingError(
+            f"checkpoint step {start} in {setup.ckpt.directory} holds non-finite parameters "
+            f"or optimizer state; move {paths.join(setup.ckpt.directory, str(start))} away "
+            "to resume from an earlier step"
+        )
+
+    def good_checkpoint() -> str:
+        if last_good is None:
+            return "none (no checkpoint was written yet)"
+        return f"step {last_good} in {setup.ckpt.directory}"
 
     def flush() -> None:
         """Reads the pending steps' metrics; enforces the non-finite policy."""
         nonlocal pending, shapes, skipped, t_log
         if not pending:
             return
+        progress.follow(step, pending)  # the bar advances while the device catches up
         host = jax.device_get(pending)
         bad = [step - len(host) + 1 + i for i, m in enumerate(host) if m["nonfinite"] > 0]
         if bad and tc.on_nonfinite == "stop":
             raise TrainingError(
-                f"non-finite loss or gradient at step {bad[0]} (batch index {bad[0] - 1}); "
-                f"the update was not applied; last good checkpoint: step "
-                f"{setup.ckpt.latest_step()} in {setup.ckpt.directory}. "
+                f"non-finite loss, gradient or update at step {bad[0]} "
+                f"(batch index {bad[0] - 1}); the update was not applied; last good "
+                f"checkpoint: {good_checkpoint()}. "
                 "Set train.on_nonfinite=skip to skip such steps"
             )
         skipped += len(bad)
+        skipped_at.extend(bad)
         good = [m for m in host if m["nonfinite"] == 0] or host[-1:]
         summary = summarize(good)
         elapsed = time.perf_counter() - t_log
@@ -477,20 +552,35 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
         writer.write(step, {f"train/{k}": v for k, v in summary.items()})
         progress.update(step, tokens, {"loss": summary["loss"], "mfu": summary["mfu"]})
         if bad:
-            log(f"\nskipped {len(bad)} step(s) with a non-finite loss or gradient: {bad}")
+            log(f"skipped {len(bad)} step(s) with a non-finite loss, gradient or update: {bad}")
         pending, shapes, t_log = [], [], time.perf_counter()
 
     def save() -> None:
+        nonlocal last_good
         flush()  # never write a checkpoint before checking the steps it contains
-        setup.save(state, iterator_state_to_json(it))
+        # train_step refuses non-finite updates; checked again here, so that no
+        # checkpoint ever holds a non-finite state whatever the policy.
+        if not bool(state_is_finite(state)):
+            raise TrainingError(
+                f"the train state at step {step} holds non-finite values and was not saved; "
+                f"last good checkpoint: {good_checkpoint()}"
+            )
+        setup.save(
+            state,
+            iterator_state_to_json(it),
+            extra_data=dict(skipped_steps=skipped, skipped_at=skipped_at[-100:]),
+        )
+        last_good = step
 
     log(f"MFU against {peak / 1e12:.2f} TFLOP/s per chip ({peak_source}) x {n_chips}")
     try:
-        with setup.context(), StopSignal() as stop:
+        with setup.context(), StopSignal() as stop, progress:
             while step < tc.num_steps:
                 local = next(it)
                 if step == start:
                     _check_batch_layout(setup, local)
+                    record_config()
+                    progress.phase("compiling the train step")  # the first call compiles
                 batch = shd.global_batch(local, setup.mesh)
                 # Dispatch is asynchronous: the host fetches the next batch while
                 # the device runs this step; metrics are read only at log time.
@@ -500,13 +590,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                     (batch["inputs"].shape[0], batch["inputs"].shape[1], batch["targets"].shape[1])
                 )
                 step += 1
+                progress.tick(step, pending)
                 at_log = step % tc.log_every == 0 or step == tc.num_steps
                 if at_log:
                     flush()
                 if stop.requested(step, sync=at_log):
                     save()
                     setup.ckpt.wait()
-                    log(f"\nstopped by signal {stop.signum} at step {step}; checkpoint saved")
+                    log(f"stopped by signal {stop.signum} at step {step}; checkpoint saved")
                     raise Preempted(
                         f"stopped at step {step} (checkpoint saved in {setup.ckpt.directory}); "
                         "run the same command again to resume"
@@ -524,7 +615,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                     )
                     progress.reset_clock(step)
                     t_log = time.perf_counter()
-        progress.close()
     finally:
         setup.ckpt.close()  # waits for the async save in flight
         writer.close()

@@ -1,6 +1,6 @@
 """The paper's base Transformer on WMT14 English->German (Vaswani et al., 2017).
 
-    tjax train --config configs/translate_wmt14_base.py --workdir /mnt/shared/runs/base
+    tjax train --config translate_wmt14_base --workdir /mnt/shared/runs/base
     tjax average --workdir .../runs/base --last 5
     tjax eval --workdir .../runs/base --averaged --split test
 

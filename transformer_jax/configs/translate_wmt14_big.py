@@ -1,6 +1,6 @@
 """The paper's big Transformer on WMT14 English->German.
 
-    tjax train --config configs/translate_wmt14_big.py --workdir /mnt/shared/runs/big
+    tjax train --config translate_wmt14_big --workdir /mnt/shared/runs/big
     tjax average --workdir .../runs/big --last 20
     tjax eval --workdir .../runs/big --averaged --split test
 
