@@ -7,6 +7,15 @@ Key ``s`` is visible to query ``t`` when ``q_segment_ids[b, t] != 0``,
 ``kv_segment_ids[b, s] == q_segment_ids[b, t]`` and, for causal attention,
 ``kv_positions[b, s] <= q_positions[b, t]``. Query rows with no visible key
 produce zeros. Softmax statistics are always accumulated in float32.
+
+Prefix-LM (PaliGemma style): with ``causal`` set, bool ``q_prefix [B, T]`` and
+``kv_prefix [B, S]`` mark each segment's bidirectional prefix. The causal rule
+becomes ``kv_positions[b, s] <= q_positions[b, t] or (q_prefix[b, t] and
+kv_prefix[b, s])``, still within one segment: prefix tokens see their whole
+prefix and nothing after it, later tokens see everything up to themselves.
+Packed rows give every segment its own prefix; the prefix tokens must be the
+leading tokens of their segment (``prefix_from_lengths`` builds such masks).
+An all-False prefix is plain causal attention.
 """
 
 from __future__ import annotations
@@ -18,7 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["IMPLEMENTATIONS", "dot_product_attention", "make_attention_mask"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "dot_product_attention",
+    "make_attention_mask",
+    "prefix_from_lengths",
+]
 
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
 
@@ -38,13 +52,19 @@ def _visible(
     q_pos: jax.Array | None,
     kv_pos: jax.Array | None,
     causal: bool,
+    q_prefix: jax.Array | None = None,
+    kv_prefix: jax.Array | None = None,
 ) -> jax.Array:
     """Boolean visibility ``[B, T, S]`` from ids ``[B, T]`` / ``[B, S]``."""
     q_seg_BT1 = q_seg[:, :, None]
     visible_BTS = (q_seg_BT1 == kv_seg[:, None, :]) & (q_seg_BT1 != 0)
     if causal:
         assert q_pos is not None and kv_pos is not None
-        visible_BTS = visible_BTS & (kv_pos[:, None, :] <= q_pos[:, :, None])
+        ordered_BTS = kv_pos[:, None, :] <= q_pos[:, :, None]
+        if q_prefix is not None:
+            assert kv_prefix is not None
+            ordered_BTS = ordered_BTS | (q_prefix[:, :, None] & kv_prefix[:, None, :])
+        visible_BTS = visible_BTS & ordered_BTS
     return visible_BTS
 
 
@@ -54,10 +74,13 @@ def make_attention_mask(
     q_positions: jax.Array | None = None,
     kv_positions: jax.Array | None = None,
     causal: bool = False,
+    q_prefix: jax.Array | None = None,
+    kv_prefix: jax.Array | None = None,
 ) -> jax.Array:
     """Returns the boolean attention mask ``[B, 1, T, S]`` (True = attend).
 
-    Positions default to ``arange`` and are only read when ``causal`` is set.
+    Positions default to ``arange`` and are only read when ``causal`` is set;
+    ``q_prefix``/``kv_prefix`` (both or neither, causal only) add the prefix-LM rule.
     """
     q_seg = jnp.asarray(q_segment_ids)
     kv_seg = jnp.asarray(kv_segment_ids)
@@ -68,7 +91,59 @@ def make_attention_mask(
     if causal:
         q_positions = _ids_or_default(q_positions, q_seg.shape, "q_positions", arange=True)
         kv_positions = _ids_or_default(kv_positions, kv_seg.shape, "kv_positions", arange=True)
-    return _visible(q_seg, kv_seg, q_positions, kv_positions, causal)[:, None]
+    q_prefix, kv_prefix = _prefix_or_none(q_prefix, kv_prefix, q_seg.shape, kv_seg.shape, causal)
+    return _visible(q_seg, kv_seg, q_positions, kv_positions, causal, q_prefix, kv_prefix)[:, None]
+
+
+def prefix_from_lengths(
+    prefix_lengths: jax.typing.ArrayLike, positions: jax.typing.ArrayLike
+) -> jax.Array:
+    """Bool ``[B, L]`` prefix mask: ``positions < prefix_lengths``.
+
+    ``prefix_lengths`` is ``[B]`` (one prefix per row) or ``[B, L]`` (per token:
+    the prefix length of the token's segment, for packed rows); ``positions`` are
+    the positions within each segment, ``[B, L]``.
+    """
+    lengths = jnp.asarray(prefix_lengths)
+    pos_BL = jnp.asarray(positions)
+    if pos_BL.ndim != 2:
+        raise ValueError(f"positions must be [B, L], got shape {pos_BL.shape}")
+    if lengths.ndim == 1:
+        lengths = lengths[:, None]
+    if lengths.ndim != 2 or lengths.shape[0] != pos_BL.shape[0] or lengths.shape[1] not in (
+        1,
+        pos_BL.shape[1],
+    ):
+        raise ValueError(
+            f"prefix_lengths must be [B] or [B, L] for positions {pos_BL.shape}, "
+            f"got shape {jnp.shape(prefix_lengths)}"
+        )
+    return pos_BL < lengths
+
+
+def _prefix_or_none(
+    q_prefix: jax.typing.ArrayLike | None,
+    kv_prefix: jax.typing.ArrayLike | None,
+    q_shape: tuple[int, int],
+    kv_shape: tuple[int, int],
+    causal: bool,
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """Validates the prefix masks (bool or int, nonzero = prefix) and returns them as bool."""
+    if q_prefix is None and kv_prefix is None:
+        return None, None
+    if q_prefix is None or kv_prefix is None:
+        raise ValueError("q_prefix and kv_prefix must be given together")
+    if not causal:
+        raise ValueError("q_prefix/kv_prefix need causal=True (without it every key is visible)")
+    out = []
+    for name, mask, shape in (("q_prefix", q_prefix, q_shape), ("kv_prefix", kv_prefix, kv_shape)):
+        mask = jnp.asarray(mask)
+        if mask.shape != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)}, got {mask.shape}")
+        if mask.dtype != jnp.bool_ and not jnp.issubdtype(mask.dtype, jnp.integer):
+            raise ValueError(f"{name} must be a bool or integer array, got dtype {mask.dtype}")
+        out.append(mask.astype(jnp.bool_))
+    return out[0], out[1]
 
 
 def _ids_or_default(
@@ -104,6 +179,8 @@ def dot_product_attention(
     q_positions: jax.typing.ArrayLike | None = None,
     kv_positions: jax.typing.ArrayLike | None = None,
     causal: bool = False,
+    q_prefix: jax.typing.ArrayLike | None = None,
+    kv_prefix: jax.typing.ArrayLike | None = None,
     bias: jax.typing.ArrayLike | None = None,
     implementation: str = "auto",
     query_chunk_size: int = 512,
@@ -120,6 +197,9 @@ def dot_product_attention(
       q_positions: ``[B, T]`` int positions for the causal rule; defaults to arange.
       kv_positions: ``[B, S]`` int positions for the causal rule; defaults to arange.
       causal: mask keys whose position is greater than the query's position.
+      q_prefix: ``[B, T]`` bool, queries in their segment's bidirectional prefix
+        (prefix-LM, see the module docstring); needs ``causal`` and ``kv_prefix``.
+      kv_prefix: ``[B, S]`` bool, keys in their segment's bidirectional prefix.
       bias: additive float bias broadcastable to ``[B, N, T, S]`` ("xla" only).
       implementation: one of ``IMPLEMENTATIONS``.
       query_chunk_size: query block size for "chunked" (and "splash" when valid).
@@ -144,6 +224,7 @@ def dot_product_attention(
     kv_seg = _ids_or_default(kv_segment_ids, (B, S), "kv_segment_ids", arange=False)
     q_pos = _ids_or_default(q_positions, (B, T), "q_positions", arange=True)
     kv_pos = _ids_or_default(kv_positions, (B, S), "kv_positions", arange=True)
+    q_pre, kv_pre = _prefix_or_none(q_prefix, kv_prefix, (B, T), (B, S), causal)
 
     if implementation == "auto":
         implementation = _select_implementation(
@@ -155,22 +236,45 @@ def dot_product_attention(
         )
 
     if implementation == "xla":
-        mask = _visible(q_seg, kv_seg, q_pos, kv_pos, causal)[:, None]
+        mask = _visible(q_seg, kv_seg, q_pos, kv_pos, causal, q_pre, kv_pre)[:, None]
         return _xla_attention(q, k, v, mask, bias)
     if implementation == "chunked":
         return _chunked_attention(
-            q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, query_chunk_size, key_chunk_size
+            q,
+            k,
+            v,
+            q_seg,
+            kv_seg,
+            q_pos,
+            kv_pos,
+            causal,
+            query_chunk_size,
+            key_chunk_size,
+            q_prefix=q_pre,
+            kv_prefix=kv_pre,
         )
     if implementation == "cudnn":
         reason = _cudnn_unsupported_reason(q, k, v)
         if reason is not None:
             raise ValueError(f"implementation='cudnn' is unavailable: {reason}")
-        mask = _visible(q_seg, kv_seg, q_pos, kv_pos, causal)[:, None]
+        # cuDNN takes the dense mask (as a bias), so prefix-LM masks need nothing extra.
+        mask = _visible(q_seg, kv_seg, q_pos, kv_pos, causal, q_pre, kv_pre)[:, None]
         return _cudnn_attention(q, k, v, mask)
     reason = _splash_unsupported_reason(q, k, positions_matter=causal and not default_positions)
     if reason is not None:
         raise ValueError(f"implementation='splash' is unavailable: {reason}")
-    return _splash_attention(q, k, v, q_seg, kv_seg, causal, query_chunk_size, key_chunk_size)
+    return _splash_attention(
+        q,
+        k,
+        v,
+        q_seg,
+        kv_seg,
+        causal,
+        query_chunk_size,
+        key_chunk_size,
+        q_prefix=q_pre,
+        kv_prefix=kv_pre,
+    )
 
 
 def _check_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
