@@ -8,7 +8,7 @@ DEMO_DIR ?= runs/demo
 PYTEST_WORKERS ?= 2
 SOURCES := transformer_jax tests benchmarks launch
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-fast lint format bench clean
 
 # install: the package with the test, lint and benchmark tools (PyTorch, transformers).
 install: $(STAMP)
@@ -37,8 +37,13 @@ format: install
 	$(BIN)/ruff format $(SOURCES)
 	$(BIN)/ruff check --fix $(SOURCES)
 
+# test: everything (CI). test-fast: all but the tests marked slow (end-to-end runs,
+# subprocesses, faults, several hosts), for everyday work.
 test: install lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15 tests
+
+test-fast: install lint
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15 -m "not slow" tests
 
 bench: install
 	$(BIN)/python -m benchmarks.run

@@ -16,6 +16,26 @@ import pytest  # noqa: E402
 from helpers import prepared_data_dir, trained_workdir  # noqa: E402
 
 
+# Modules whose tests train end to end, start subprocesses or several hosts, or inject
+# faults: all `slow` (`make test-fast` leaves them out; `make test` runs everything).
+SLOW_MODULES = {
+    "test_distributed.py",
+    "test_faults.py",
+    "test_fuzz.py",
+    "test_launch.py",
+    "test_multihost.py",
+    "test_progress.py",
+    "test_user_errors.py",
+    "test_workdir.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A TFDS data dir holding en_es_grammar/tiny, shared by every test module."""

@@ -15,7 +15,14 @@ EXAMPLES = [
     "The white houses are near the river.",
     "She read a red book in the garden.",
     "My young friends did not see the black horses.",
+    # As people also type them.
+    "The cat sleeps on the couch!",
+    "the cat sleeps on the couch",
+    "THE CAT SLEEPS ON THE COUCH.",
+    "I slept.",
+    "You were tired.",
 ]
+AVERAGE_LAST = 5  # the paper averages the last 5 checkpoints of its base model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +48,8 @@ def _demo(config: str, workdir: str, extra: list[str]) -> int:
     from transformer_jax.__main__ import _overrides, quiet_libraries
     from transformer_jax.config import load_config
     from transformer_jax.pipelines import TranslationPipeline
-    from transformer_jax.train.evaluation import evaluate_checkpoint
+    from transformer_jax.train.evaluation import average_checkpoints, evaluate_checkpoint
+    from transformer_jax.train.restore import open_checkpoints
     from transformer_jax.train.trainer import train_and_evaluate
 
     quiet_libraries()
@@ -49,15 +57,26 @@ def _demo(config: str, workdir: str, extra: list[str]) -> int:
     cfg = load_config(config, _overrides(extra))
     train_and_evaluate(cfg, workdir)
     t1 = time.perf_counter()
-    result = evaluate_checkpoint(workdir, split=cfg.data.test_split, loss_batches=0)
+    split = cfg.data.test_split
+    result = evaluate_checkpoint(workdir, split=split, loss_batches=0)
+    ckpt = open_checkpoints(workdir)
+    have = len(ckpt.all_steps())
+    ckpt.close()
+    averaged = None
+    if have >= AVERAGE_LAST:
+        steps = average_checkpoints(workdir, AVERAGE_LAST)["steps"]
+        averaged = evaluate_checkpoint(workdir, split=split, averaged=True, loss_batches=0)
     t2 = time.perf_counter()
-    translator = TranslationPipeline.from_workdir(workdir)
+    translator = TranslationPipeline.from_workdir(workdir, averaged=averaged is not None)
     print()
-    print(
-        f"test BLEU (sacreBLEU, detokenized, {cfg.data.test_split} split): "
-        f"{result[cfg.data.test_split + '/bleu']:.2f}"
-    )
-    print(f"train {t1 - t0:.0f}s, test eval {t2 - t1:.0f}s")
+    print(f"test BLEU (sacreBLEU, detokenized, {split} split):")
+    print(f"  last checkpoint (step {result['step']}): {result[split + '/bleu']:.2f}")
+    if averaged is not None:
+        print(
+            f"  average of the last {AVERAGE_LAST} (steps {steps}): {averaged[split + '/bleu']:.2f}"
+        )
+    print(f"train {t1 - t0:.0f}s, averaging and test eval {t2 - t1:.0f}s")
+    print("translations" + (" (averaged checkpoint):" if averaged is not None else ":"))
     for src, out in zip(EXAMPLES, translator(EXAMPLES)):
         print(f"  {src}  ->  {out['translation_text']}")
     return 0

@@ -51,6 +51,18 @@ class EncoderDecoder(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
+        # Blocks of the other stacks that this model does not build.
+        for key, supported in (("norm_type", "layer"), ("position_type", "sinusoid")):
+            if getattr(cfg, key) != supported:
+                raise ValueError(
+                    f"model.{key}={getattr(cfg, key)!r}: the translation model supports "
+                    f"only {supported!r}"
+                )
+        if cfg.num_token_types:
+            raise ValueError(
+                f"model.num_token_types={cfg.num_token_types}: the translation model has no "
+                "token-type embeddings"
+            )
         self.source_embed = Embed(cfg.vocab_size, cfg, name="embed")
         if cfg.share_embeddings:
             self.target_embed = self.source_embed

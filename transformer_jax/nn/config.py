@@ -7,9 +7,12 @@ from typing import Any
 
 import jax.numpy as jnp
 
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swish", "silu")
+# The *glu activations select the gated feed-forward act(x W0) * (x W1).
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swish", "silu", "swiglu", "geglu", "geglu_tanh")
 NORM_POSITIONS = ("post", "pre")
+NORM_TYPES = ("layer", "rms")
 POSITION_LAYOUTS = ("interleaved", "halves")
+POSITION_TYPES = ("sinusoid", "learned", "rope", "none")
 REMAT_POLICIES = ("none", "full", "dots")
 
 
@@ -34,13 +37,20 @@ class TransformerConfig:
     dropout_rate: float = 0.1
     activation: str = "relu"
     norm_position: str = "post"
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float = 1e-6  # epsilon of either norm type
+    norm_type: str = "layer"  # "layer": LayerNorm; "rms": RMSNorm (scale only)
+    mlp_bias: bool = True  # biases on the feed-forward projections
     scale_embeddings: bool = True
     share_embeddings: bool = True  # encoder and decoder read one table
     tie_output: bool = True  # pre-softmax projection = target embedding^T
     final_logits_bias: bool = False
     attention_bias: bool = False  # biases on the q/k/v/o projections
     position_layout: str = "interleaved"  # paper: sin/cos interleaved; "halves": [sin | cos]
+    # "sinusoid" (fixed, added), "learned" (absolute table, added), "rope" (rotary on q/k;
+    # position_layout "halves" = Llama/GPT-NeoX pairs, "interleaved" = GPT-J pairs), "none".
+    position_type: str = "sinusoid"
+    rope_theta: float = 10000.0
+    num_token_types: int = 0  # BERT-style token-type (segment A/B) embeddings; 0 = none
     max_position: int = 1024
     pad_id: int = 0
     eos_id: int = 1
@@ -79,6 +89,16 @@ class TransformerConfig:
             bad("norm_position", self.norm_position, f"choose one of {NORM_POSITIONS}")
         if self.position_layout not in POSITION_LAYOUTS:
             bad("position_layout", self.position_layout, f"choose one of {POSITION_LAYOUTS}")
+        if self.norm_type not in NORM_TYPES:
+            bad("norm_type", self.norm_type, f"choose one of {NORM_TYPES}")
+        if self.position_type not in POSITION_TYPES:
+            bad("position_type", self.position_type, f"choose one of {POSITION_TYPES}")
+        if not self.rope_theta > 0:
+            bad("rope_theta", self.rope_theta, "must be positive")
+        if self.position_type == "rope" and self.dim_per_head % 2:
+            bad("head_dim", self.dim_per_head, "must be even for rotary positions")
+        if self.num_token_types < 0:
+            bad("num_token_types", self.num_token_types, "must be >= 0")
         if self.remat not in REMAT_POLICIES:
             bad("remat", self.remat, f"choose one of {REMAT_POLICIES}")
         if not self.share_embeddings and self.target_vocab_size is None:

@@ -1,36 +1,15 @@
-"""Token embeddings (shareable, tied to the output projection) and sinusoidal positions."""
+"""Token embeddings (shareable, tied to the output projection), token types, positions."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.positions import sinusoid_table
 
-
-def sinusoid_table(max_len: int, dim: int, layout: str = "interleaved") -> np.ndarray:
-    """Positions 0..max_len-1 encoded as in Vaswani et al. (2017), section 3.5.
-
-    PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
-    "interleaved" puts sin and cos in alternating columns, as the paper's formula
-    reads; "halves" puts all sines first, then all cosines (Marian, tensor2tensor).
-    """
-    half = dim // 2
-    pos_L1 = np.arange(max_len, dtype=np.float64)[:, None]
-    inv_freq_1F = np.power(10000.0, -2.0 * np.arange(half, dtype=np.float64) / dim)[None, :]
-    angle_LF = pos_L1 * inv_freq_1F
-    table_LD = np.zeros((max_len, dim), dtype=np.float64)
-    if layout == "interleaved":
-        table_LD[:, 0 : 2 * half : 2] = np.sin(angle_LF)
-        table_LD[:, 1 : 2 * half : 2] = np.cos(angle_LF)
-    elif layout == "halves":
-        table_LD[:, :half] = np.sin(angle_LF)
-        table_LD[:, half : 2 * half] = np.cos(angle_LF)
-    else:
-        raise ValueError(f"unknown position layout {layout!r}")
-    return table_LD.astype(np.float32)
+__all__ = ["Embed", "TokenTypeEmbed", "add_positions", "sinusoid_table"]
 
 
 class Embed(nn.Module):
@@ -56,6 +35,25 @@ class Embed(nn.Module):
     def attend(self, x_BLD: jax.Array) -> jax.Array:
         table_VD = jnp.asarray(self.embedding, self.config.dtype)
         return jnp.einsum("bld,vd->blv", x_BLD, table_VD)
+
+
+class TokenTypeEmbed(nn.Module):
+    """BERT's token-type (segment A/B) embeddings: ids ``[B, L]`` -> ``[B, L, d_model]``."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, type_ids_BL: jax.Array) -> jax.Array:
+        cfg = self.config
+        if cfg.num_token_types <= 0:
+            raise ValueError("model.num_token_types=0: token-type embeddings need at least 1 type")
+        table_TD = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (None, "embed")),
+            (cfg.num_token_types, cfg.d_model),
+            cfg.param_dtype,
+        )
+        return jnp.take(jnp.asarray(table_TD, cfg.dtype), type_ids_BL, axis=0)
 
 
 def add_positions(x_BLD: jax.Array, pos_BL: jax.Array, config: TransformerConfig) -> jax.Array:

@@ -1,4 +1,9 @@
-"""The position-wise feed-forward sublayer: FFN(x) = act(x W1 + b1) W2 + b2."""
+"""The position-wise feed-forward sublayer: FFN(x) = act(x W1 + b1) W2 + b2.
+
+Gated variants (Shazeer 2020, "GLU Variants Improve Transformer"), chosen by
+``activation`` "swiglu", "geglu" or "geglu_tanh": FFN(x) = (act(x W0) * x W1) W2,
+with kernels ``wi_0`` (gate, as Llama's gate_proj) and ``wi_1`` (as up_proj).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,20 @@ _ACT = {
     "swish": nn.swish,
     "silu": nn.silu,
 }
+# Gated activation -> the activation applied to the gate branch.
+_GATED = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}
 
 
-def dense(features: int, axes: tuple[str, str], config: TransformerConfig, name: str) -> nn.Dense:
+def dense(
+    features: int,
+    axes: tuple[str, str],
+    config: TransformerConfig,
+    name: str,
+    use_bias: bool = True,
+) -> nn.Dense:
     return nn.Dense(
         features,
+        use_bias=use_bias,
         dtype=config.dtype,
         param_dtype=config.param_dtype,
         kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), axes),
@@ -33,7 +47,12 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         cfg = self.config
-        h_BLF = dense(cfg.d_ff, ("embed", "mlp"), cfg, "wi")(x_BLD)
-        h_BLF = _ACT[cfg.activation](h_BLF)
+        if cfg.activation in _GATED:
+            gate_BLF = dense(cfg.d_ff, ("embed", "mlp"), cfg, "wi_0", cfg.mlp_bias)(x_BLD)
+            up_BLF = dense(cfg.d_ff, ("embed", "mlp"), cfg, "wi_1", cfg.mlp_bias)(x_BLD)
+            h_BLF = _ACT[_GATED[cfg.activation]](gate_BLF) * up_BLF
+        else:
+            h_BLF = dense(cfg.d_ff, ("embed", "mlp"), cfg, "wi", cfg.mlp_bias)(x_BLD)
+            h_BLF = _ACT[cfg.activation](h_BLF)
         h_BLF = nn.with_logical_constraint(h_BLF, ("batch", "length", "mlp"))
-        return dense(cfg.d_model, ("mlp", "embed"), cfg, "wo")(h_BLF)
+        return dense(cfg.d_model, ("mlp", "embed"), cfg, "wo", cfg.mlp_bias)(h_BLF)

@@ -110,10 +110,8 @@ def prefix_from_lengths(
         raise ValueError(f"positions must be [B, L], got shape {pos_BL.shape}")
     if lengths.ndim == 1:
         lengths = lengths[:, None]
-    if lengths.ndim != 2 or lengths.shape[0] != pos_BL.shape[0] or lengths.shape[1] not in (
-        1,
-        pos_BL.shape[1],
-    ):
+    B, L = pos_BL.shape
+    if lengths.ndim != 2 or lengths.shape[0] != B or lengths.shape[1] not in (1, L):
         raise ValueError(
             f"prefix_lengths must be [B] or [B, L] for positions {pos_BL.shape}, "
             f"got shape {jnp.shape(prefix_lengths)}"
@@ -363,6 +361,9 @@ def _chunked_attention(
     causal: bool,
     query_chunk_size: int,
     key_chunk_size: int,
+    *,
+    q_prefix: jax.Array | None = None,
+    kv_prefix: jax.Array | None = None,
 ) -> jax.Array:
     """Online-softmax attention over query and key blocks; never builds ``[T, S]`` scores."""
     B, T, N, H = q.shape
@@ -382,13 +383,24 @@ def _chunked_attention(
     kv_seg = jnp.pad(kv_seg, ((0, 0), (0, s_pad)))
     q_pos = jnp.pad(q_pos, ((0, 0), (0, t_pad)))
     kv_pos = jnp.pad(kv_pos, ((0, 0), (0, s_pad)))
+    if q_prefix is not None:
+        q_prefix = jnp.pad(q_prefix, ((0, 0), (0, t_pad)))
+        kv_prefix = jnp.pad(kv_prefix, ((0, 0), (0, s_pad)))
 
-    out_BKGTH = _flash(q_BKGTH, k_BKSH, v_BKSH, q_seg, kv_seg, q_pos, kv_pos, causal, qc, kc)
+    out_BKGTH = _flash(
+        q_BKGTH, k_BKSH, v_BKSH, q_seg, kv_seg, q_pos, kv_pos, q_prefix, kv_prefix, causal, qc, kc
+    )
     return out_BKGTH[:, :, :, :T].transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
-def _split(x: jax.Array, axis: int, size: int) -> jax.Array:
-    """Splits ``axis`` into blocks of ``size`` and moves the block index to the front."""
+def _split(x: jax.Array | None, axis: int, size: int) -> jax.Array | None:
+    """Splits ``axis`` into blocks of ``size`` and moves the block index to the front.
+
+    ``None`` (an absent prefix mask) stays ``None``: scan and map carry it as an
+    empty pytree.
+    """
+    if x is None:
+        return None
     x = x.reshape(x.shape[:axis] + (x.shape[axis] // size, size) + x.shape[axis + 1 :])
     return jnp.moveaxis(x, axis, 0)
 
@@ -407,6 +419,8 @@ def _flash_forward(
     kv_seg: jax.Array,
     q_pos: jax.Array,
     kv_pos: jax.Array,
+    q_pre: jax.Array | None,
+    kv_pre: jax.Array | None,
     causal: bool,
     qc: int,
     kc: int,
@@ -414,21 +428,28 @@ def _flash_forward(
     """Returns out ``[B, K, G, T, H]`` and float32 logsumexp ``[B, K, G, T]``."""
     B, K, G, _, H = q.shape
     scale = 1.0 / math.sqrt(H)
-    q_blocks = (_split(q, 3, qc), _split(q_seg, 1, qc), _split(q_pos, 1, qc))
-    kv_blocks = (_split(k, 2, kc), _split(v, 2, kc), _split(kv_seg, 1, kc), _split(kv_pos, 1, kc))
+    q_blocks = (_split(q, 3, qc), _split(q_seg, 1, qc), _split(q_pos, 1, qc), _split(q_pre, 1, qc))
+    kv_blocks = (
+        _split(k, 2, kc),
+        _split(v, 2, kc),
+        _split(kv_seg, 1, kc),
+        _split(kv_pos, 1, kc),
+        _split(kv_pre, 1, kc),
+    )
 
     def query_block(
-        args: tuple[jax.Array, jax.Array, jax.Array],
+        args: tuple[jax.Array | None, ...],
     ) -> tuple[jax.Array, jax.Array]:
-        q_c, q_seg_c, q_pos_c = args
+        q_c, q_seg_c, q_pos_c, q_pre_c = args
 
         def key_block(
             carry: tuple[jax.Array, jax.Array, jax.Array],
-            kv_args: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+            kv_args: tuple[jax.Array | None, ...],
         ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], None]:
             m_BKGT, l_BKGT, acc_BKGTH = carry
-            k_c, v_c, kv_seg_c, kv_pos_c = kv_args
-            mask_B11TS = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal)[:, None, None]
+            k_c, v_c, kv_seg_c, kv_pos_c, kv_pre_c = kv_args
+            visible_BTS = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal, q_pre_c, kv_pre_c)
+            mask_B11TS = visible_BTS[:, None, None]
             s_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_c, k_c, preferred_element_type=jnp.float32)
             s_BKGTS = jnp.where(mask_B11TS, s_BKGTS * scale, _MASK_VALUE)
             m_new = jnp.maximum(m_BKGT, s_BKGTS.max(axis=-1))
@@ -460,7 +481,7 @@ def _flash_forward(
     return _merge(out_blocks, 3), _merge(lse_blocks, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11))
 def _flash(
     q: jax.Array,
     k: jax.Array,
@@ -469,12 +490,14 @@ def _flash(
     kv_seg: jax.Array,
     q_pos: jax.Array,
     kv_pos: jax.Array,
+    q_pre: jax.Array | None,
+    kv_pre: jax.Array | None,
     causal: bool,
     qc: int,
     kc: int,
 ) -> jax.Array:
     """Blocked attention on q ``[B, K, G, T, H]``, k/v ``[B, K, S, H]`` (T % qc == S % kc == 0)."""
-    return _flash_forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, qc, kc)[0]
+    return _flash_forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, q_pre, kv_pre, causal, qc, kc)[0]
 
 
 def _flash_fwd(
@@ -485,19 +508,21 @@ def _flash_fwd(
     kv_seg: jax.Array,
     q_pos: jax.Array,
     kv_pos: jax.Array,
+    q_pre: jax.Array | None,
+    kv_pre: jax.Array | None,
     causal: bool,
     qc: int,
     kc: int,
 ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    out, lse = _flash_forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, qc, kc)
-    return out, (q, k, v, q_seg, kv_seg, q_pos, kv_pos, out, lse)
+    out, lse = _flash_forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, q_pre, kv_pre, causal, qc, kc)
+    return out, (q, k, v, q_seg, kv_seg, q_pos, kv_pos, q_pre, kv_pre, out, lse)
 
 
 def _flash_bwd(
     causal: bool, qc: int, kc: int, res: tuple[jax.Array, ...], d_out: jax.Array
 ) -> tuple[jax.Array | None, ...]:
     """Recomputes probabilities block by block from the saved logsumexp."""
-    q, k, v, q_seg, kv_seg, q_pos, kv_pos, out, lse = res
+    q, k, v, q_seg, kv_seg, q_pos, kv_pos, q_pre, kv_pre, out, lse = res
     H = q.shape[-1]
     scale = 1.0 / math.sqrt(H)
     # delta_t = sum_h dO_th O_th = sum_s P_ts dP_ts, shared by every key block.
@@ -509,20 +534,28 @@ def _flash_bwd(
         _split(delta, 3, qc),
         _split(q_seg, 1, qc),
         _split(q_pos, 1, qc),
+        _split(q_pre, 1, qc),
     )
-    kv_blocks = (_split(k, 2, kc), _split(v, 2, kc), _split(kv_seg, 1, kc), _split(kv_pos, 1, kc))
+    kv_blocks = (
+        _split(k, 2, kc),
+        _split(v, 2, kc),
+        _split(kv_seg, 1, kc),
+        _split(kv_pos, 1, kc),
+        _split(kv_pre, 1, kc),
+    )
 
     def key_block(
-        dq_blocks: jax.Array, kv_args: tuple[jax.Array, ...]
+        dq_blocks: jax.Array, kv_args: tuple[jax.Array | None, ...]
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        k_c, v_c, kv_seg_c, kv_pos_c = kv_args
+        k_c, v_c, kv_seg_c, kv_pos_c, kv_pre_c = kv_args
 
         def query_block(
-            carry: tuple[jax.Array, jax.Array], q_args: tuple[jax.Array, ...]
+            carry: tuple[jax.Array, jax.Array], q_args: tuple[jax.Array | None, ...]
         ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
             dk_BKSH, dv_BKSH = carry
-            q_c, do_c, lse_c, delta_c, q_seg_c, q_pos_c, dq_c = q_args
-            mask_B11TS = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal)[:, None, None]
+            q_c, do_c, lse_c, delta_c, q_seg_c, q_pos_c, q_pre_c, dq_c = q_args
+            visible_BTS = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal, q_pre_c, kv_pre_c)
+            mask_B11TS = visible_BTS[:, None, None]
             s_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_c, k_c, preferred_element_type=jnp.float32)
             p_BKGTS = jnp.where(mask_B11TS, jnp.exp(s_BKGTS * scale - lse_c[..., None]), 0.0)
             dv_BKSH = dv_BKSH + jnp.einsum(
@@ -560,7 +593,7 @@ def _flash_bwd(
     dq = _merge(dq_blocks, 3).astype(q.dtype)
     dk = _merge(dk_blocks, 2).astype(k.dtype)
     dv = _merge(dv_blocks, 2).astype(v.dtype)
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -659,9 +692,17 @@ def _splash_attention(
     query_chunk_size: int,
     key_chunk_size: int,
     *,
+    q_prefix: jax.Array | None = None,
+    kv_prefix: jax.Array | None = None,
     interpret: bool = False,
 ) -> jax.Array:
-    """TPU Pallas splash attention with segment ids and an optional causal mask."""
+    """TPU Pallas splash attention with segment ids and an optional causal mask.
+
+    Splash masks are static, so a per-row prefix-LM mask takes two kernel calls:
+    causal attention for the rows after the prefix, and bidirectional attention
+    among prefix tokens only (ids of non-prefix tokens set to 0) for the prefix
+    rows. Exact when every prefix leads its segment.
+    """
     try:
         from jax.experimental.pallas.ops.tpu import splash_attention as splash
     except ImportError as err:  # pragma: no cover - depends on the jax build
@@ -669,30 +710,43 @@ def _splash_attention(
     B, T, N, H = q.shape
     S = k.shape[1]
     bq, bkv = _splash_block(T, query_chunk_size), _splash_block(S, key_chunk_size)
-    head_mask = splash.CausalMask((T, S)) if causal else splash.FullMask((T, S))
-    kernel = splash.make_splash_mha_single_device(
-        splash.MultiHeadMask([head_mask] * N),
-        block_sizes=splash.BlockSizes(
-            block_q=bq,
-            block_kv=bkv,
-            block_kv_compute=bkv,
-            block_q_dkv=bq,
-            block_kv_dkv=bkv,
-            block_kv_dkv_compute=bkv,
-            block_q_dq=bq,
-            block_kv_dq=bkv,
-        ),
-        interpret=interpret,
-    )
-    # Splash treats id 0 like any other id and divides by zero on rows that
-    # see nothing. Point such rows at key 0 (always visible under the default
-    # positions), then zero their output so they carry no gradient either.
-    seen_BT = _rows_with_visible_key(q_seg, kv_seg, causal)
-    q_seg = jnp.where(seen_BT, q_seg, kv_seg[:, :1])
+
+    def kernel(head_mask):
+        return splash.make_splash_mha_single_device(
+            splash.MultiHeadMask([head_mask] * N),
+            block_sizes=splash.BlockSizes(
+                block_q=bq,
+                block_kv=bkv,
+                block_kv_compute=bkv,
+                block_q_dkv=bq,
+                block_kv_dkv=bkv,
+                block_kv_dkv_compute=bkv,
+                block_q_dq=bq,
+                block_kv_dq=bkv,
+            ),
+            interpret=interpret,
+        )
+
     q_BNTH = (q * jnp.asarray(1.0 / math.sqrt(H), q.dtype)).transpose(0, 2, 1, 3)
     k_BKSH = k.transpose(0, 2, 1, 3)
     v_BKSH = v.transpose(0, 2, 1, 3)
-    segment_ids = splash.SegmentIds(q=q_seg, kv=kv_seg)
-    out_BNTH = jax.vmap(kernel)(q_BNTH, k_BKSH, v_BKSH, segment_ids)
-    out_BTNH = out_BNTH.transpose(0, 2, 1, 3)
-    return jnp.where(seen_BT[:, :, None, None], out_BTNH, 0).astype(q.dtype)
+
+    def run(kernel_fn, q_ids: jax.Array, kv_ids: jax.Array, is_causal: bool) -> jax.Array:
+        # Splash treats id 0 like any other id and divides by zero on rows that
+        # see nothing. Point such rows at key 0 (always visible under the default
+        # positions), then zero their output so they carry no gradient either.
+        seen_BT = _rows_with_visible_key(q_ids, kv_ids, is_causal)
+        q_ids = jnp.where(seen_BT, q_ids, kv_ids[:, :1])
+        segment_ids = splash.SegmentIds(q=q_ids, kv=kv_ids)
+        out_BNTH = jax.vmap(kernel_fn)(q_BNTH, k_BKSH, v_BKSH, segment_ids)
+        out_BTNH = out_BNTH.transpose(0, 2, 1, 3)
+        return jnp.where(seen_BT[:, :, None, None], out_BTNH, 0).astype(q.dtype)
+
+    head_mask = splash.CausalMask((T, S)) if causal else splash.FullMask((T, S))
+    out_BTNH = run(kernel(head_mask), q_seg, kv_seg, causal)
+    if q_prefix is None:
+        return out_BTNH
+    prefix_q_ids = jnp.where(q_prefix, q_seg, 0)
+    prefix_kv_ids = jnp.where(kv_prefix, kv_seg, 0)
+    prefix_out_BTNH = run(kernel(splash.FullMask((T, S))), prefix_q_ids, prefix_kv_ids, False)
+    return jnp.where(q_prefix[:, :, None, None], prefix_out_BTNH, out_BTNH)
