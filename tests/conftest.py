@@ -15,7 +15,6 @@ jax.config.update("jax_default_matmul_precision", "highest")
 import pytest  # noqa: E402
 from helpers import prepared_data_dir, trained_workdir  # noqa: E402
 
-
 # Modules whose tests train end to end, start subprocesses or several hosts, or inject
 # faults: all `slow` (`make test-fast` leaves them out; `make test` runs everything).
 SLOW_MODULES = {
