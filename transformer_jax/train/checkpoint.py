@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +73,13 @@ def _chain(e: BaseException):
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         yield e
-        e = e.__cause__ or e.__context__
+        e = (
+            e.__cause__
+            if e.__cause__ is not None
+            else None
+            if e.__suppress_context__
+            else e.__context__
+        )
 
 
 def damage_evidence(e: BaseException) -> bool:
@@ -122,8 +129,8 @@ def damage_reason(e: BaseException) -> str:
 def _agree(outcome: int) -> int:
     """The worst outcome over all processes (0 ok, 1 damaged, 2 error).
 
-    Every process then takes the same branch: none falls back, or enters the
-    collective that verifies the checksums, while another stops.
+    Every process then takes the same branch: none falls back, or goes on to
+    verify the checksums (which every process must join), while another stops.
     """
     if jax.process_count() == 1:
         return outcome
@@ -162,56 +169,139 @@ def _words(x) -> jax.Array:
     return jax.lax.bitcast_convert_type(x, jnp.uint32)
 
 
-def _array_hash(x) -> jax.Array:
-    """[2] uint32: two position-keyed sums over the words of x (row-major order).
+def _word_shape(shape, dtype) -> tuple[int, ...]:
+    """The shape of `_words` of an array: its own, plus a trailing axis for wide types."""
+    return tuple(jax.eval_shape(_words, jax.ShapeDtypeStruct(tuple(shape), dtype)).shape)
 
-    Built from elementwise ops and full sums only: an array sharded over devices
-    or hosts is hashed where it lives (partial sums, then one all-reduce) and,
-    since uint32 addition wraps exactly, the result does not depend on the
-    sharding. Each term is a bijection of its word, so changing any one word
-    always changes both sums.
+
+def _strides(shape) -> np.ndarray:
+    """Row-major strides of `shape` in words, modulo 2**32 (positions wrap like the sums)."""
+    out, stride = [], 1
+    for n in reversed(shape):
+        out.append(stride % 2**32)
+        stride *= n
+    return np.asarray(out[::-1], np.uint32)
+
+
+def _hash_words(w, starts, strides) -> jax.Array:
+    """[2] uint32: two position-keyed sums over the words `w` of a block of an array.
+
+    The block starts at `starts` (in words) of an array with `strides`, so the
+    position of each word is its row-major index in the whole array. Each term is
+    a bijection of its word, so changing any one word always changes both sums;
+    the sums of the blocks of an array add up (uint32 wraps exactly) to the sums
+    of the whole array, whatever its sharding.
     """
-    w = _words(x)
     pos = jnp.zeros(w.shape, jnp.uint32)
-    stride = 1
-    for d in reversed(range(w.ndim)):  # row-major index, from iotas (no reshape of x)
-        pos = pos + jax.lax.broadcasted_iota(jnp.uint32, w.shape, d) * np.uint32(stride % 2**32)
-        stride *= w.shape[d]
+    for d in range(w.ndim):  # from iotas: no reshape of a sharded block
+        pos = pos + (jax.lax.broadcasted_iota(jnp.uint32, w.shape, d) + starts[d]) * strides[d]
     a = jnp.sum(_fmix(w ^ _fmix(pos)), dtype=jnp.uint32)
     b = jnp.sum(_fmix(w + pos * _GOLDEN + np.uint32(1)), dtype=jnp.uint32)
     return jnp.stack([a, b])
 
 
-@functools.cache
-def _hasher(mesh) -> Callable:
-    """`_array_hash` jitted; with a mesh, its result is replicated on every device of it.
+@jax.jit
+def _local_hash(x, starts, strides) -> jax.Array:
+    """The sums of one block held by one device (or of host values)."""
+    return _hash_words(_words(x), starts, strides)
 
-    One small program per array shape, dtype and sharding (jit's own cache): a
-    model's layers repeat a few shapes, so few compile, and each compiles fast.
+
+@functools.cache
+def _sharded_hasher(mesh, spec, shape, dtype) -> Callable:
+    """Per-device sums of an array with NamedSharding(mesh, spec), with no communication.
+
+    Returns [devices, 2] uint32, one row per device: the sums of its block with
+    global positions, or zeros on devices that hold a replica of a block another
+    device (index 0 along the unused mesh axes) already counts.
     """
-    if mesh is None:
-        return jax.jit(_array_hash)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(_array_hash, out_shardings=replicated)
+    wshape = _word_shape(shape, dtype)
+    strides = _strides(wshape)
+    spec = tuple(spec) + (None,) * (len(wshape) - len(spec))
+    names = [() if a is None else a if isinstance(a, tuple) else (a,) for a in spec]
+    unused = [a for a in mesh.axis_names if not any(a in n for n in names)]
+
+    def block_sums(block):
+        w = _words(block)
+        starts = []
+        for d, axes in enumerate(names):
+            index = jnp.uint32(0)
+            for a in axes:  # the first axis of a tuple is the major one
+                index = index * np.uint32(mesh.shape[a]) + jax.lax.axis_index(a).astype(jnp.uint32)
+            starts.append(index * np.uint32(w.shape[d] % 2**32))
+        first = jnp.bool_(True)
+        for a in unused:
+            first = first & (jax.lax.axis_index(a) == 0)
+        sums = _hash_words(w, starts, strides) * first.astype(jnp.uint32)
+        return sums.reshape(1, 2)
+
+    every = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+    return jax.jit(
+        jax.shard_map(
+            block_sums, mesh=mesh, in_specs=jax.sharding.PartitionSpec(*spec), out_specs=every
+        )
+    )
+
+
+def _evenly_sharded(x) -> bool:
+    sharding = x.sharding
+    for d, axes in enumerate(sharding.spec):
+        names = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+        if x.shape[d] % math.prod(sharding.mesh.shape[a] for a in names):
+            return False
+    return True
+
+
+def _partial_sums(x) -> list:
+    """Device arrays whose uint32 sum is this process's part of x's sums (dispatched only)."""
+    if not isinstance(x, jax.Array):  # host values
+        wshape = _word_shape(np.shape(x), jax.dtypes.canonicalize_dtype(np.asarray(x).dtype))
+        return [_local_hash(x, np.zeros(len(wshape), np.uint32), _strides(wshape))]
+    sharding = x.sharding
+    split = isinstance(sharding, jax.sharding.NamedSharding) and not sharding.is_fully_replicated
+    if split and _evenly_sharded(x):  # every device its own block, in one program
+        out = _sharded_hasher(sharding.mesh, sharding.spec, x.shape, x.dtype)(x)
+        return [s.data for s in out.addressable_shards]
+    # One device, a replicated array or any other layout: each block once (replica 0).
+    wshape = _word_shape(x.shape, x.dtype)
+    parts = []
+    for s in x.addressable_shards:
+        if s.replica_id == 0:
+            starts = [sl.indices(n)[0] for sl, n in zip(s.index, x.shape)]
+            starts += [0] * (len(wshape) - len(starts))
+            parts.append(_local_hash(s.data, np.asarray(starts, np.uint32), _strides(wshape)))
+    return parts
 
 
 def tree_checksums(tree) -> dict[str, dict[str, Any]]:
     """path -> {shape, dtype, hash} of every array of `tree`, computed on device.
 
-    Arrays are hashed in their canonical JAX dtype (a Python int or an int64 array
-    as int32 unless x64 is on), so what is saved and what is restored agree. Every
-    process gets the same (replicated) result and only these scalars leave the
-    devices: non-addressable shards are never fetched. In a multi-host run every
-    process must call this at the same point (it is a collective).
+    Each device hashes the block it holds (no communication, only 8 bytes per
+    device leave it): non-addressable shards are never fetched. In a multi-host
+    run the per-process parts of arrays that span processes are added up with
+    one all-gather, so every process gets the same result and must call this at
+    the same point. Arrays are hashed in their canonical JAX dtype (a Python int
+    or an int64 array as int32 unless x64 is on), so what is saved and what is
+    restored agree.
     """
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    pending = []
-    for _, x in flat:
-        sharding = getattr(x, "sharding", None)
-        mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
-        pending.append(_hasher(mesh)(x))  # dispatched asynchronously, fetched together
+    parts = [_partial_sums(x) for _, x in flat]  # all dispatched before any is fetched
+    sums = np.zeros((len(flat), 2), np.uint64)
+    for i, leaf_parts in enumerate(jax.device_get(parts)):
+        for p in leaf_parts:
+            sums[i] += np.asarray(p, np.uint64).reshape(-1, 2).sum(axis=0)
+    sums %= 2**32
+    spans = [
+        i
+        for i, (_, x) in enumerate(flat)
+        if isinstance(x, jax.Array) and not x.is_fully_addressable
+    ]
+    if spans:  # the same on every process: the tree's layout is
+        from jax.experimental import multihost_utils
+
+        gathered = multihost_utils.process_allgather(sums[spans].astype(np.uint32))
+        sums[spans] = np.asarray(gathered, np.uint64).sum(axis=0) % 2**32
     out = {}
-    for (path, x), row in zip(flat, jax.device_get(pending)):
+    for (path, x), row in zip(flat, sums):
         dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
         out[_path_name(path)] = {
             "shape": list(np.shape(x)),
