@@ -103,15 +103,16 @@ def unverified_state(step_dir: str):
 
 
 def flip_array_bytes(step_dir: str) -> str:
-    """Flips 4 bytes inside the stored bytes of one array (params first) in an OCDBT data file.
+    """Flips 4 bytes inside the stored bytes of one array (params first) in OCDBT data files.
 
     zstd keeps incompressible blocks verbatim and without a checksum, so some arrays'
-    bytes lie in the data files as they are in memory: this finds a 32-byte run of
-    one, unique in its file, and changes it. Returns the array's path.
+    bytes lie in the data files as they are in memory. This finds a 32-byte run of
+    one and changes it; a run that is not what Orbax reads back (a copy the step's
+    folder holds but does not use) is put back and the next one tried. Returns the
+    array's path; Orbax alone then reads the array back changed, without an error.
     """
     arrays = unverified_state(step_dir)
     files = sorted(glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True))
-    blobs = {f: open(f, "rb").read() for f in files}
     order = sorted(arrays, key=lambda k: (not k.startswith("params/"), k))
     for name in order:
         raw = arrays[name].tobytes()
@@ -119,13 +120,20 @@ def flip_array_bytes(step_dir: str) -> str:
             window = raw[start : start + 32]
             if len(set(window)) < 16:  # zeros and repeats are not unique
                 continue
-            for path, blob in blobs.items():
+            for path in files:
+                blob = open(path, "rb").read()
                 at = blob.find(window)
-                if at >= 0 and blob.find(window, at + 1) < 0:
-                    with open(path, "r+b") as f:
-                        f.seek(at + 8)
-                        f.write(bytes(b ^ 0xFF for b in blob[at + 8 : at + 12]))
+                if at < 0 or blob.find(window, at + 1) >= 0:
+                    continue
+                flipped = bytes(b ^ 0xFF for b in blob[at + 8 : at + 12])
+                with open(path, "r+b") as f:
+                    f.seek(at + 8)
+                    f.write(flipped)
+                if not np.array_equal(unverified_state(step_dir)[name], arrays[name]):
                     return name
+                with open(path, "r+b") as f:  # not the copy that is read: put it back
+                    f.seek(at + 8)
+                    f.write(blob[at + 8 : at + 12])
     raise AssertionError("no array's bytes are stored verbatim in the step's data files")
 
 
@@ -210,6 +218,9 @@ def test_array_checksums_ignore_sharding_and_see_every_word():
     }
     want = tree_checksums(host)
     assert tree_checksums(sharded) == want  # the sharding does not matter
+    with jax.set_mesh(mesh):  # as a training step saves: under its mesh
+        assert tree_checksums(sharded) == want
+        assert tree_checksums(jax.device_put(host, jax.devices()[3])) == want
     # A Python int, an int64 numpy scalar and an int32 array: one canonical dtype.
     assert tree_checksums({"step": np.int64(7)}) == {"step": want["step"]}
     assert want["step"]["dtype"] == "int32" and want["f32"]["shape"] == [16, 6]

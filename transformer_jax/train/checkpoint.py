@@ -284,7 +284,10 @@ def tree_checksums(tree) -> dict[str, dict[str, Any]]:
     restored agree.
     """
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    parts = [_partial_sums(x) for _, x in flat]  # all dispatched before any is fetched
+    # Outside the caller's mesh context (a training step's): single-device blocks
+    # are hashed where they are, which jit refuses under another context mesh.
+    with jax.set_mesh(None):
+        parts = [_partial_sums(x) for _, x in flat]  # all dispatched before any is fetched
     sums = np.zeros((len(flat), 2), np.uint64)
     for i, leaf_parts in enumerate(jax.device_get(parts)):
         for p in leaf_parts:
