@@ -9,17 +9,7 @@ import jax.numpy as jnp
 from transformer_jax.nn.attention import MultiHeadAttention
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.nn.mlp import FeedForward
-
-
-def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=config.layer_norm_eps,
-        dtype=config.dtype,
-        param_dtype=config.param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        name=name,
-    )
+from transformer_jax.nn.norms import layer_norm
 
 
 class Residual(nn.Module):
