@@ -3,9 +3,17 @@
 import io
 import re
 
+import pytest
+
 from helpers import compilation_cache, prepared_data_dir, tiny_config
 
 from transformer_jax.train.metrics import Progress, log, report
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch):
+    """The terminal these tests draw on is 200 columns wide, whatever runs them."""
+    monkeypatch.setenv("COLUMNS", "200")
 
 
 class FakeTerminal(io.StringIO):

@@ -384,19 +384,28 @@ def small_disk(tmp_path):
 
 def test_full_disk_stops_in_one_line_and_the_rerun_resumes(data_dir, small_disk, capfd):
     run = small_disk / "run"
-    argv = train_argv(data_dir, run, "--config.train.num_steps=6")
+    # A checkpoint every step, all kept: far more than 4.5 MB (about 0.35 MB a step), whatever
+    # the file system's block accounting.
+    steps_wanted = 30
+    argv = train_argv(
+        data_dir,
+        run,
+        f"--config.train.num_steps={steps_wanted}",
+        "--config.train.checkpoint_every=1",
+        "--config.train.keep_checkpoints=100",
+    )
     assert run_main(argv) == 2
     out, err = capfd.readouterr()
     line = one_line(err, "train")
     assert "no space left on device" in line and str(run) in line, line
     steps = sorted(int(s) for s in os.listdir(run / "checkpoints") if s.isdigit())
-    assert steps and steps[-1] < 6  # complete steps only; the unfinished one is not a step
+    assert steps and steps[-1] < steps_wanted  # complete steps only; the unfinished one is not one
     # More room: the same command resumes from the last complete checkpoint and finishes.
     assert _mount("-o", "remount,size=64m", str(small_disk))
     assert run_main(argv) == 0, capfd.readouterr().err
     out, _ = capfd.readouterr()
     assert f"resuming from step {steps[-1]}" in out
-    assert 6 in [int(s) for s in os.listdir(run / "checkpoints") if s.isdigit()]
+    assert steps_wanted in [int(s) for s in os.listdir(run / "checkpoints") if s.isdigit()]
     assert not [s for s in os.listdir(run / "checkpoints") if "tmp" in s]
 
 

@@ -182,7 +182,9 @@ class Progress:
             return f"{bar} | {self._phase}"
         eta = (self.total - self._step) / self._sps if self._sps > 0 else math.inf
         rates = f"{self._sps:.2f} steps/s {self._sps * self._tokens:,.0f} tok/s ETA {_fmt(eta)}"
-        return " ".join([bar, rates] + [f"{k}={v:.4g}" for k, v in self._scalars.items()])
+        metrics = [f"{k}={v:.4g}" for k, v in self._scalars.items()]
+        # The first metric (the loss) before the rates: a narrow terminal cuts the end of the line.
+        return " ".join([bar, *metrics[:1], rates, *metrics[1:]])
 
     def _draw(self, line: str, now: float | None = None) -> None:
         width = max(shutil.get_terminal_size((100, 24)).columns - 1, 20)
