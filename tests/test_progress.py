@@ -4,7 +4,6 @@ import io
 import re
 
 import pytest
-
 from helpers import compilation_cache, prepared_data_dir, tiny_config
 
 from transformer_jax.train.metrics import Progress, log, report
