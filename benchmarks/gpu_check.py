@@ -100,10 +100,10 @@ def check_attention(rows: list[dict], impl: str, dtype, T: int, H: int) -> None:
 def check_training(rows: list[dict], *, base: bool, steps: int) -> None:
     import flax.linen as nn
 
-    from transformer_jax.config import translation_base
+    from transformer_jax.tasks.translation.config import translation_base
+    from transformer_jax.tasks.translation.task import TranslationTask
     from transformer_jax.train import flops as flops_lib
     from transformer_jax.train.optim import make_optimizer
-    from transformer_jax.train.tasks import TranslationTask
     from transformer_jax.train.trainer import TrainState, train_step
 
     cfg = translation_base()
@@ -125,7 +125,7 @@ def check_training(rows: list[dict], *, base: bool, steps: int) -> None:
     for dtype in ("float32", "bfloat16"):
         cfg.model.dtype = dtype
         task = TranslationTask(cfg)
-        mcfg = task.model_config(_Tok, _Tok)
+        mcfg = task.model_config({"src_tokenizer": _Tok, "tgt_tokenizer": _Tok})
         model = task.build_model(mcfg)
         train_model = task.build_model(mcfg.replace(deterministic=False, dropout_rate=0.0))
         tx = make_optimizer(cfg.optimizer, mcfg.d_model)

@@ -272,7 +272,7 @@ def _our_params(shape: Shape, seed: int = 0):
     import jax
     import jax.numpy as jnp
 
-    from transformer_jax.models.translation import EncoderDecoder
+    from transformer_jax.tasks.translation.model import EncoderDecoder
 
     ids = jnp.full((1, 4), 3, jnp.int32)
     # Eager init: compiling it would cost more than running it once.
@@ -296,10 +296,10 @@ class OursTrain(_Bench):
         import jax
         import jax.numpy as jnp
 
-        from transformer_jax.config import translation_base
-        from transformer_jax.models.translation import EncoderDecoder
+        from transformer_jax.tasks.translation.config import translation_base
+        from transformer_jax.tasks.translation.model import EncoderDecoder
+        from transformer_jax.tasks.translation.task import TranslationTask
         from transformer_jax.train.optim import make_optimizer
-        from transformer_jax.train.tasks import TranslationTask
         from transformer_jax.train.trainer import TrainState, train_step
 
         shape = self.shape
@@ -373,7 +373,7 @@ class OursDecode(_Bench):
     def prepare(self) -> None:
         import jax.numpy as jnp
 
-        from transformer_jax.decode.seq2seq import translate_ids
+        from transformer_jax.tasks.translation.decoding import translate_ids
 
         shape = self.shape
         if self.params is None:

@@ -183,9 +183,10 @@ def run_all(commands: list[tuple[dict[str, str], list[str]]], stream=None) -> in
 
 def main(argv: list[str] | None = None) -> int:
     own, extra = split_extra(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(own)
+    parser = build_parser()
+    args = parser.parse_args(own)
     if args.num_processes < 1 or args.devices_per_process < 1:
-        raise SystemExit("launch/local.py: --num-processes and --devices-per-process must be >= 1")
+        parser.error("--num-processes and --devices-per-process must be >= 1")  # exit status 2
     commands = plan(args, extra)
     if args.dry_run:
         for env, cmd in commands:

@@ -460,7 +460,7 @@ def test_imported_and_averaged_checkpoints_carry_checksums(trained, tmp_path):
     pytest.importorskip("transformers")
     from test_marian_import import _write_marian
 
-    from transformer_jax.convert.marian import import_marian
+    from transformer_jax.tasks.translation.marian import import_marian
 
     src = tmp_path / "marian"
     src.mkdir()

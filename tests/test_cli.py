@@ -15,7 +15,7 @@ from helpers import (
 )
 
 from transformer_jax.__main__ import main
-from transformer_jax.pipelines import TranslationPipeline
+from transformer_jax.tasks.translation.pipeline import TranslationPipeline
 
 TJAX = os.path.join(os.path.dirname(sys.executable), "tjax")
 

@@ -25,7 +25,7 @@ from transformer_jax.config import (
 from transformer_jax.data import corpus_en_es as corpus
 from transformer_jax.data.pipeline import BATCH_KEYS
 from transformer_jax.data.tokenizer import train_sentencepiece
-from transformer_jax.train.tasks import TranslationTask
+from transformer_jax.tasks.translation.task import TranslationTask
 
 CONFIG_FILES = sorted(
     p for p in glob.glob(os.path.join(CONFIGS, "*.py")) if not os.path.basename(p).startswith("_")
@@ -94,10 +94,10 @@ class _Vocab:
 def test_parameter_count_near_the_paper(path, millions):
     cfg = load_config(path)
     task = TranslationTask(cfg)
-    config = task.model_config(_Vocab, _Vocab)
+    config = task.model_config({"src_tokenizer": _Vocab, "tgt_tokenizer": _Vocab})
     model = task.build_model(config)
     shapes = jax.eval_shape(
-        lambda rng: task.init_variables(model, rng, task.dummy_batch(config)), jax.random.key(0)
+        lambda rng: task.init_variables(model, rng, task.example_batch(config)), jax.random.key(0)
     )
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
     assert abs(n / 1e6 - millions) / millions < 0.05, n
@@ -113,7 +113,7 @@ def test_wmt14_train_batches_on_mock_data(tok):
     cfg = load_config(BASE)  # the big config shares its data settings
     task = TranslationTask(cfg)
     with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
-        it = iter(task.train_dataset(tok, tok, 0, 1))
+        it = iter(task.train_dataset({"src_tokenizer": tok, "tgt_tokenizer": tok}, 0, 1))
         batches = [next(it)]
         pairs = task.eval_examples(cfg.data.eval_split, limit=3)
     L = cfg.data.max_length
@@ -156,7 +156,7 @@ def test_a_shipped_config_loads_by_name(tmp_path, monkeypatch):
     assert load_config("translate_tiny.py", ["train.num_steps=7"]).train.num_steps == 7
     # A file given by path wins over a shipped name.
     (tmp_path / "translate_tiny.py").write_text(
-        "from transformer_jax.config import translation_base\n"
+        "from transformer_jax.tasks.translation.config import translation_base\n"
         "def get_config():\n"
         "    c = translation_base()\n"
         "    c.train.num_steps = 3\n"

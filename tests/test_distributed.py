@@ -51,9 +51,9 @@ DECODE = textwrap.dedent(
     import ml_collections
     import numpy as np
 
-    from transformer_jax.models.translation import EncoderDecoder
+    from transformer_jax.tasks.translation.model import EncoderDecoder
     from transformer_jax.nn.config import TransformerConfig
-    from transformer_jax.pipelines import TranslationPipeline
+    from transformer_jax.tasks.translation.pipeline import TranslationPipeline
     from transformer_jax.train import sharding as shd
     from transformer_jax.train.evaluation import MeshContext
 

@@ -34,8 +34,8 @@ from helpers import (
 )
 
 from transformer_jax.__main__ import main
+from transformer_jax.data.processors import processors_from_json as tokenizers_from_json
 from transformer_jax.data.tokenizer import SentencePieceTokenizer
-from transformer_jax.data.tokenizer_io import tokenizers_from_json
 from transformer_jax.train.checkpoint import ITEMS, Checkpointer, CheckpointError, checkpoint_dir
 from transformer_jax.train.restore import load_for_inference
 from transformer_jax.train.trainer import Setup, TrainingError, train_and_evaluate
@@ -570,9 +570,9 @@ def _blow_up_updates_from(monkeypatch, count: int) -> None:
 
     real = trainer.make_optimizer
 
-    def make(opt, d_model):
+    def make(opt, *args):
         boost = optax.scale_by_schedule(lambda c: jnp.where(c == count, jnp.inf, 1.0))
-        return optax.chain(real(opt, d_model), boost)
+        return optax.chain(real(opt, *args), boost)
 
     monkeypatch.setattr(trainer, "make_optimizer", make)
 

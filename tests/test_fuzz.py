@@ -26,8 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from transformer_jax.__main__ import main
-from transformer_jax.config import ConfigError, load_config, set_key, translation_base
-from transformer_jax.pipelines import InputError, TranslationPipeline
+from transformer_jax.config import ConfigError, load_config, set_key
+from transformer_jax.pipelines import InputError
+from transformer_jax.tasks.translation.config import translation_base
+from transformer_jax.tasks.translation.pipeline import TranslationPipeline
 
 CASES: collections.Counter[str] = collections.Counter()
 FAST = settings(

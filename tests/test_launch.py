@@ -37,6 +37,22 @@ def dry_run(module, argv: list[str]) -> list[list[str]]:
     return [shlex.split(line) for line in out.getvalue().splitlines()]
 
 
+def usage_error(module, argv: list[str]) -> str:
+    """The error line of a launcher refusing `argv`: exit status 2, nothing on stdout, and
+    on stderr argparse's usage then exactly one `prog: error: ...` line, which is returned."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with pytest.raises(SystemExit) as e:
+            module.main(argv)
+    assert e.value.code == 2, err.getvalue()
+    assert out.getvalue() == ""
+    lines = err.getvalue().splitlines()
+    errors = [line for line in lines if ": error: " in line]
+    assert errors == lines[-1:], err.getvalue()
+    assert all(line.startswith(("usage: ", " ")) for line in lines[:-1]), err.getvalue()
+    return lines[-1]
+
+
 def flag(cmd: list[str], name: str) -> str:
     values = [a.split("=", 1)[1] for a in cmd if a.startswith(f"{name}=")]
     assert len(values) == 1, (name, cmd)
@@ -133,9 +149,9 @@ def test_tpu_ssh_and_delete():
 
 
 def test_tpu_rejects_train_arguments_outside_run():
-    with pytest.raises(SystemExit):
-        with contextlib.redirect_stderr(io.StringIO()):
-            tpu_pod.main(["delete", *TPU, "--", "--config.x=1"])
+    assert usage_error(tpu_pod, ["delete", *TPU, "--", "--config.x=1"]) == (
+        "launch/tpu_pod.py: error: arguments after `--` only apply to `run`: --config.x=1"
+    )
 
 
 # --------------------------------------------------------------------------- SLURM
@@ -182,11 +198,30 @@ def test_slurm_submit_one_process_per_node():
     assert not any(a.startswith("--partition") or a.startswith("--time") for a in cmd)
 
 
-def test_slurm_rejects_a_bad_time():
-    with pytest.raises(SystemExit):
-        with contextlib.redirect_stderr(io.StringIO()):
-            slurm.main(["submit", "--nodes", "1", "--gpus-per-node", "1", "--config", "c",
-                        "--workdir", "w", "--time", "two days"])  # fmt: skip
+SLURM = ["submit", "--config", "c", "--workdir", "w", "--dry-run"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--nodes", "1", "--gpus-per-node", "1", "--time", "two days"],
+            "launch/slurm.py submit: error: argument --time: "
+            "'two days' is not a SLURM time such as 24:00:00",
+        ),
+        (
+            ["--nodes", "0", "--gpus-per-node", "1"],
+            "launch/slurm.py: error: --nodes and --gpus-per-node must be >= 1",
+        ),
+        (
+            ["--nodes", "1", "--gpus-per-node", "2", "--tjax", "a,b"],
+            "launch/slurm.py: error: --tjax must not contain a comma "
+            "(sbatch --export splits on commas)",
+        ),
+    ],
+)
+def test_slurm_refuses_bad_arguments_with_one_error_line(argv, message):
+    assert usage_error(slurm, [*SLURM, *argv]) == message
 
 
 def test_sbatch_script_runs_tjax_under_srun():
@@ -233,6 +268,14 @@ def test_local_keeps_other_xla_flags(monkeypatch):
     )
     env = dict(a.split("=", 1) for a in cmds[0][1:6])
     assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=1"
+
+
+@pytest.mark.parametrize("option", ["--num-processes", "--devices-per-process"])
+def test_local_refuses_fewer_than_one_with_one_error_line(option):
+    argv = ["-n", "2", "--config", "c", "--workdir", "w", "--dry-run", option, "0"]
+    assert usage_error(local, argv) == (
+        "launch/local.py: error: --num-processes and --devices-per-process must be >= 1"
+    )
 
 
 def test_local_run_prefixes_output_and_stops_the_rest_on_failure():

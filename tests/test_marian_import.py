@@ -20,10 +20,10 @@ spm = pytest.importorskip("sentencepiece")
 
 import jax.numpy as jnp  # noqa: E402
 
-from transformer_jax.convert.marian import MarianTokenizer, import_marian  # noqa: E402
-from transformer_jax.decode.seq2seq import translate_ids  # noqa: E402
-from transformer_jax.models.translation import EncoderDecoder  # noqa: E402
-from transformer_jax.pipelines import TranslationPipeline  # noqa: E402
+from transformer_jax.tasks.translation.decoding import translate_ids  # noqa: E402
+from transformer_jax.tasks.translation.marian import MarianTokenizer, import_marian  # noqa: E402
+from transformer_jax.tasks.translation.model import EncoderDecoder  # noqa: E402
+from transformer_jax.tasks.translation.pipeline import TranslationPipeline  # noqa: E402
 from transformer_jax.train.restore import load_for_inference  # noqa: E402
 
 SOURCE_TEXTS = [
@@ -184,14 +184,14 @@ def test_tokenizer_matches_transformers_and_round_trips(marian):
         assert again.target.decode(ids + [ours.target.pad_id, 5]) == text  # stops at eos
 
     loaded = load_for_inference(workdir)
-    assert loaded.src_tokenizer.encode(QUERIES[0]) == ours.source.encode(QUERIES[0])
-    assert loaded.tgt_tokenizer.bos_id == loaded.model_config.decoder_start_id
+    assert loaded.processors["src_tokenizer"].encode(QUERIES[0]) == ours.source.encode(QUERIES[0])
+    assert loaded.processors["tgt_tokenizer"].bos_id == loaded.model_config.decoder_start_id
 
 
 def _compare_logits(model, workdir: str) -> None:
     loaded = load_for_inference(workdir)
     cfg, pad = loaded.model_config, loaded.model_config.pad_id
-    inputs, mask = _batch(loaded.src_tokenizer, QUERIES, pad)
+    inputs, mask = _batch(loaded.processors["src_tokenizer"], QUERIES, pad)
     rng = np.random.default_rng(0)
     dec_in = rng.integers(0, cfg.output_vocab_size, (len(QUERIES), 7)).astype(np.int32)
     dec_in[:, 0] = cfg.decoder_start_id
@@ -262,7 +262,7 @@ def test_greedy_matches_generate(marian):
     _, model, _, workdir = marian
     loaded = load_for_inference(workdir)
     cfg = loaded.model_config
-    inputs, mask = _batch(loaded.src_tokenizer, QUERIES, cfg.pad_id)
+    inputs, mask = _batch(loaded.processors["src_tokenizer"], QUERIES, cfg.pad_id)
     ours = np.asarray(
         translate_ids(
             loaded.params,
@@ -417,15 +417,15 @@ def _smoothed_loss_reference(logits, targets, weights, eps, allowed):
 def test_smoothed_loss_of_an_imported_model_skips_its_banned_tokens(marian):
     import jax
 
-    from transformer_jax.train.tasks import TranslationTask
+    from transformer_jax.tasks.translation.task import TranslationTask
 
     _, model, _, workdir = marian
     loaded = load_for_inference(workdir)
     cfg, pad = loaded.model_config, loaded.model_config.pad_id
     eps = loaded.run_config.train.label_smoothing
     assert eps > 0
-    inputs, _ = _batch(loaded.src_tokenizer, SOURCE_TEXTS[:4], pad)
-    targets, weights = _batch(loaded.tgt_tokenizer, TARGET_TEXTS[:4], pad)
+    inputs, _ = _batch(loaded.processors["src_tokenizer"], SOURCE_TEXTS[:4], pad)
+    targets, weights = _batch(loaded.processors["tgt_tokenizer"], TARGET_TEXTS[:4], pad)
     module = EncoderDecoder(cfg)
     batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
     _, metrics = TranslationTask(loaded.run_config).loss(
@@ -512,7 +512,7 @@ def _our_ids(pipe: TranslationPipeline, inputs: np.ndarray, **changes) -> np.nda
 def test_imported_generation_settings_decode_like_generate(marian, tmp_path, variant):
     """The imported settings keep Hugging Face's meaning: read back with their kind, they
     decode token for token as `generate()` does with the same checkpoint's defaults."""
-    from transformer_jax.config import translation_base
+    from transformer_jax.tasks.translation.config import translation_base
 
     settings = GENERATION_VARIANTS[variant]
     src_dir = _variant_dir(marian[0], tmp_path / "src", settings)
@@ -578,8 +578,8 @@ def test_unsupported_generation_settings_are_refused(marian, tmp_path):
 
 
 def test_decode_settings_of_an_older_run_config_keep_the_paper_scoring():
-    from transformer_jax.config import translation_base
-    from transformer_jax.train.restore import decode_settings
+    from transformer_jax.tasks.translation.config import translation_base
+    from transformer_jax.tasks.translation.pipeline import decode_settings
 
     run = translation_base()
     for key in ("length_penalty_type", "length_penalty", "early_stopping", "forced_eos"):

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax.models.translation import EncoderDecoder
 from transformer_jax.nn.config import TransformerConfig, config_from_json, config_to_json
 from transformer_jax.nn.embed import add_positions, sinusoid_table
+from transformer_jax.tasks.translation.model import EncoderDecoder
 
 PAD, START = 0, 2
 VOCAB = 60

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax.models.translation import EncoderDecoder
 from transformer_jax.nn import embed, positions
 from transformer_jax.nn.config import TransformerConfig, config_from_json, config_to_json
 from transformer_jax.nn.embed import TokenTypeEmbed
@@ -26,6 +25,7 @@ from transformer_jax.nn.positions import (
     apply_rope,
     rope_inverse_frequencies,
 )
+from transformer_jax.tasks.translation.model import EncoderDecoder
 
 
 def tiny(**overrides) -> TransformerConfig:

@@ -81,8 +81,8 @@ def env(data_dir, tmp_path_factory):
     """One tokenizer file for every Setup here, and the first host batches of the data."""
     first = Setup(tiny_config(data_dir), str(tmp_path_factory.mktemp("tok")), for_training=True)
     path = str(tmp_path_factory.mktemp("tok") / "spm.model")
-    first.src_tok.save(path)
-    it = iter(first.task.train_dataset(first.src_tok, first.tgt_tok, 0, 1))
+    first.processors["src_tokenizer"].save(path)
+    it = iter(first.task.train_dataset(first.processors, 0, 1))
     batches = [next(it) for _ in range(30)]
     assert batches[0]["inputs"].shape == (16, 32)
     assert first.model_config.vocab_size == 200  # divisible by every tensor axis here
@@ -132,7 +132,7 @@ def run_steps(setup: Setup, batches, state=None, states=None):
 
 def logical_names(setup: Setup):
     """The logical axis names of every parameter, as the model declares them."""
-    batch = setup.task.dummy_batch(setup.model_config)
+    batch = setup.task.example_batch(setup.model_config)
     with setup.context():
         boxed = jax.eval_shape(
             lambda r: setup.task.init_variables(setup.model, r, batch)["params"],
@@ -297,7 +297,7 @@ def test_accumulated_micro_batches_equal_one_large_batch(env, mesh_runs):
     two_setup = make(model__dropout_rate=0.0, train__grad_accum_steps=2)
     _, m_two = run_steps(two_setup, batches[:2], initial, two_states)
     for a, b in zip(m_one, m_two):
-        for key in ("loss_sum", "nll_sum", "correct_sum", "weight_sum", "src_tokens"):
+        for key in ("loss_sum", "nll_sum", "correct_sum", "weight_sum", "tokens"):
             assert b[key] == pytest.approx(a[key], rel=1e-6), key
         # Adam is invariant to the gradient's scale; the norm is not.
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-6)

@@ -18,8 +18,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from transformer_jax.models.translation import EncoderDecoder  # noqa: E402
 from transformer_jax.nn.config import TransformerConfig  # noqa: E402
+from transformer_jax.tasks.translation.model import EncoderDecoder  # noqa: E402
 
 VOCAB, D_MODEL, HEADS, D_FF, LAYERS = 60, 32, 4, 64, 2
 PAD, START = 0, 2

@@ -21,9 +21,11 @@ import pytest
 from helpers import TINY_CONFIG, compilation_cache, subprocess_env, tiny_overrides
 
 from transformer_jax.__main__ import main
-from transformer_jax.config import ConfigError, load_config, translation_base
+from transformer_jax.config import ConfigError, load_config
 from transformer_jax.errors import storage_problem
-from transformer_jax.pipelines import InputError, TranslationPipeline
+from transformer_jax.pipelines import InputError
+from transformer_jax.tasks.translation.config import translation_base
+from transformer_jax.tasks.translation.pipeline import TranslationPipeline
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -416,7 +418,7 @@ def test_sigterm_while_loading_the_config(tmp_path, capfd):
     config = tmp_path / "slow_config.py"
     config.write_text(
         "import os, signal\n"
-        "from transformer_jax.config import translation_base\n\n\n"
+        "from transformer_jax.tasks.translation.config import translation_base\n\n\n"
         "def get_config():\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    return translation_base()\n"
@@ -431,7 +433,7 @@ def test_sigterm_while_loading_the_config(tmp_path, capfd):
 
 def test_sigterm_while_training_the_tokenizer_then_rerun(data_dir, tmp_path, monkeypatch, capfd):
     """The signal arrives inside SentencePiece (C++ calling Python): still 75, and a rerun works."""
-    from transformer_jax.train.tasks import TranslationTask
+    from transformer_jax.tasks.translation.task import TranslationTask
 
     real_source = TranslationTask._source
 

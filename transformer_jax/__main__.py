@@ -1,4 +1,5 @@
-"""The command line: `tjax train | eval | translate | average | import-hf`.
+"""The command line: `tjax train | eval | average | import-hf`, plus each task's verbs
+(`translate`, ...), which the tasks add themselves (`Task.add_cli`).
 
 Each command parses its arguments and calls one library function, the same
 function a notebook cell would call.
@@ -71,39 +72,6 @@ def cmd_eval(args, extra) -> int:
     return 0
 
 
-def cmd_translate(args, extra) -> int:
-    from transformer_jax.pipelines import InputError, TranslationPipeline
-
-    if extra:
-        _usage_error(f"unrecognized arguments {extra}")
-    for option, value in (("--beam-size", args.beam_size), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise InputError(f"{option} must be >= 1, got {value}")
-    _check_workdir(args, write=False)
-    kwargs = {}
-    if args.beam_size is not None:
-        kwargs["beam_size"] = args.beam_size
-    if args.batch_size is not None:
-        kwargs["batch_size"] = args.batch_size
-    pipe = TranslationPipeline.from_workdir(
-        args.workdir, step=args.step, averaged=args.averaged, **kwargs
-    )
-    if args.text:
-        texts = args.text
-    else:
-        raw = sys.stdin.buffer.read().decode("utf-8", errors="replace")
-        # Lines end at "\n" (or "\r\n") only: str.splitlines() would also split at
-        # \x0b, \x0c, \x1c-\x1e, \x85, \u2028 and \u2029 inside a line.
-        texts = raw.split("\n")
-        if texts[-1] == "":
-            texts.pop()
-        texts = [t[:-1] if t.endswith("\r") else t for t in texts]
-    out = pipe.translate(texts)
-    for line in out:
-        print(line)
-    return 0
-
-
 def cmd_average(args, extra) -> int:
     from transformer_jax.train.evaluation import average_checkpoints
 
@@ -113,7 +81,7 @@ def cmd_average(args, extra) -> int:
 
 
 def cmd_import_hf(args, extra) -> int:
-    from transformer_jax.convert.marian import import_marian
+    from transformer_jax.tasks.translation.marian import import_marian
 
     print(json.dumps(import_marian(args.src, args.dst), default=str))
     return 0
@@ -145,19 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--loss-batches", type=int, default=0, help="0 = the whole split")
     e.set_defaults(fn=cmd_eval)
 
-    tr = sub.add_parser(
-        "translate",
-        help="translate arguments, or stdin lines (batched)",
-        description="Prints one line per input line, in order; an empty line gives an empty "
-        "line. Inputs longer than the run's data.max_length tokens are truncated to it.",
-    )
-    tr.add_argument("--workdir", required=True)
-    tr.add_argument("text", nargs="*", help="sentences; none = read lines from stdin")
-    tr.add_argument("--step", type=int, default=None)
-    tr.add_argument("--averaged", action="store_true")
-    tr.add_argument("--beam-size", type=int, default=None, help="1 = greedy")
-    tr.add_argument("--batch-size", type=int, default=None)
-    tr.set_defaults(fn=cmd_translate)
+    from transformer_jax.tasks import get_task_class, known_tasks
+
+    for name in known_tasks():  # each task's own verbs, e.g. `translate`
+        get_task_class(name).add_cli(sub)
 
     a = sub.add_parser("average", help="average the last N checkpoints (paper: 5 base, 20 big)")
     a.add_argument("--workdir", required=True)

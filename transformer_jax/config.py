@@ -1,8 +1,9 @@
 """Run configs: the shared base, loading a config file, `--config.key=value` overrides.
 
 A run config is an `ml_collections.ConfigDict`, loaded locked so a mistyped key
-is an error. It becomes the typed, frozen `TransformerConfig` in exactly one
-place, `model_config`.
+is an error. `base()` holds the keys every task has; each task adds its own
+(`Task.base_config`) and checks them (`Task.validate_config`). The task then
+turns the run config into its typed model config (`Task.model_config`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,9 @@ import importlib.util
 import os
 from typing import Any, NoReturn
 
-import jax.numpy as jnp
 import ml_collections
 
-from transformer_jax.nn.config import (
-    ACTIVATIONS,
-    NORM_POSITIONS,
-    POSITION_LAYOUTS,
-    REMAT_POLICIES,
-    TransformerConfig,
-)
+from transformer_jax.nn.config import REMAT_POLICIES
 from transformer_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 
 
@@ -30,62 +24,50 @@ class ConfigError(ValueError):
     """A user-facing configuration problem (one line)."""
 
 
-def translation_base() -> ml_collections.ConfigDict:
-    """Everything a translation run can set, with the paper's values as defaults."""
+def base() -> ml_collections.ConfigDict:
+    """The keys every task's run config has, with their defaults.
+
+    A task's own base (e.g. `transformer_jax.tasks.translation.config.translation_base`)
+    adds its keys (tokenizer, model architecture, decoding) to these groups.
+    """
     c = ml_collections.ConfigDict()
-    c.task = "translation"
+    c.task = ""  # a registered task name, or "package.module:ClassName"
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "en_es_grammar"
+    c.data.name = ""
     c.data.data_dir = ""  # "" = tfds default (TFDS_DATA_DIR or ~/tensorflow_datasets)
-    c.data.src_key = "en"
-    c.data.tgt_key = "es"
     c.data.train_split = "train"
     c.data.eval_split = "validation"
     c.data.test_split = "test"
-    c.data.max_length = 256  # tokens per side; longer examples are truncated
-    c.data.tokens_per_batch = 25000  # per step, all hosts together (paper: ~25k src + 25k tgt)
-    c.data.batching = "pack"  # "pack" | "bucket"
+    c.data.max_length = 256  # tokens per example (per side); longer examples are truncated
+    c.data.tokens_per_batch = 25000  # per step, all hosts together
     c.data.eval_tokens_per_batch = 8192
 
-    c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.vocab_size = 37000  # paper: shared BPE of ~37k for EN-DE
-    c.tokenizer.model_type = "bpe"
-    c.tokenizer.max_train_sentences = 1_000_000
-    c.tokenizer.path = ""  # a trained .model file to use instead of training one
-
     c.model = ml_collections.ConfigDict()
-    c.model.d_model = 512
-    c.model.num_heads = 8
-    c.model.num_kv_heads = 0  # 0 = num_heads
-    c.model.d_ff = 2048
-    c.model.num_encoder_layers = 6
-    c.model.num_decoder_layers = 6
     c.model.dropout_rate = 0.1
-    c.model.activation = "relu"
-    c.model.norm_position = "post"
-    c.model.layer_norm_eps = 1e-6
-    c.model.scale_embeddings = True
-    c.model.share_embeddings = True
-    c.model.tie_output = True
-    c.model.attention_bias = False
-    c.model.position_layout = "interleaved"
-    c.model.max_position = 1024
     c.model.attention_impl = "auto"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.remat = "none"  # "none" | "full" | "dots" (save matmul outputs)
-    c.model.scan_layers = False
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.98
     c.optimizer.eps = 1e-9
-    c.optimizer.schedule = "rsqrt"  # paper: d^-0.5 * min(step^-0.5, step * warmup^-1.5)
-    c.optimizer.lr_scale = 1.0  # multiplies the schedule
+    # "rsqrt" (paper): lr_scale * d^-0.5 * min(step^-0.5, step * warmup^-1.5);
+    # "cosine" | "linear": linear warmup to peak_lr, then decay to peak_lr * final_lr_fraction
+    # at step decay_steps, constant after; "constant": lr_scale.
+    c.optimizer.schedule = "rsqrt"
+    c.optimizer.lr_scale = 1.0  # multiplies the rsqrt and constant schedules
     c.optimizer.warmup_steps = 4000
+    c.optimizer.peak_lr = 1e-3  # cosine and linear only
+    c.optimizer.decay_steps = 0  # cosine and linear: step where decay ends; 0 = train.num_steps
+    c.optimizer.final_lr_fraction = 0.0  # cosine and linear: final lr / peak_lr
     c.optimizer.grad_clip_norm = 0.0  # 0 = off
-    c.optimizer.weight_decay = 0.0
+    c.optimizer.weight_decay = 0.0  # decoupled (AdamW): lr * weight_decay * param; 0 = off
+    c.optimizer.decay_norms = False  # weight decay on norm scales and biases
+    c.optimizer.decay_biases = False  # ... on biases (other than norms')
+    c.optimizer.decay_embeddings = False  # ... on embedding tables (tokens, positions)
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 100_000
@@ -99,20 +81,6 @@ def translation_base() -> ml_collections.ConfigDict:
     c.train.grad_accum_steps = 1  # micro-batches per update (same update as one big batch)
     c.train.on_nonfinite = "stop"  # "stop" | "skip": a NaN/inf loss or gradient
     c.train.inject_nonfinite_step = -1  # fault drill: make this step's gradient NaN
-
-    c.decode = ml_collections.ConfigDict()
-    c.decode.beam_size = 4
-    c.decode.alpha = 0.6
-    # Beam scoring: "gnmt" = the paper's logp / ((5 + len) / 6) ** alpha; "hf" = Hugging
-    # Face generate()'s logp / len ** length_penalty, stopping as early_stopping says.
-    c.decode.length_penalty_type = "gnmt"
-    c.decode.length_penalty = 1.0  # "hf" only (Hugging Face's length_penalty)
-    c.decode.early_stopping = "false"  # "hf" only: "false" | "true" | "never", as in HF
-    c.decode.forced_eos = False  # the last allowed output token is eos (HF forced_eos_token_id)
-    c.decode.extra_length = 50  # max output = input length + 50
-    c.decode.max_decode_len = 256
-    c.decode.batch_size = 64
-    c.decode.bleu_examples = 1000  # examples of the eval split scored during training (0 = all)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = all remaining devices
@@ -183,15 +151,28 @@ def _run_get_config(module, path: str) -> ml_collections.ConfigDict:
             f"config file {path}: get_config() returned {type(cfg).__name__}, "
             "expected an ml_collections.ConfigDict (e.g. from translation_base())"
         )
-    if _get(cfg, "task") in (_MISSING, "translation"):
-        missing = [k for k, _ in _leaves(translation_base()) if _get(cfg, k) is _MISSING]
-        if missing:
-            raise ConfigError(
-                f"config file {path}: get_config() lacks config key '{missing[0]}'"
-                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-                + " (start from translation_base())"
-            )
+    task = task_class(cfg)
+    missing = [k for k, _ in _leaves(task.base_config()) if _get(cfg, k) is _MISSING]
+    if missing:
+        raise ConfigError(
+            f"config file {path}: get_config() lacks config key '{missing[0]}'"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            + f" (start from {task.base_config_name})"
+        )
     return cfg
+
+
+def task_class(cfg: ml_collections.ConfigDict):
+    """The Task class a run config names (`task`; a config without one is a translation run)."""
+    from transformer_jax.tasks import get_task_class
+
+    name = _get(cfg, "task")
+    return get_task_class("translation" if name is _MISSING else name)
+
+
+def make_task(cfg: ml_collections.ConfigDict):
+    """The task object of a run config."""
+    return task_class(cfg)(cfg)
 
 
 def apply_overrides(
@@ -267,19 +248,11 @@ INT_LIMIT = 2**31
 # Floats reach the device as float32: a larger one is inf there.
 FLOAT32_MAX = 3.4028234663852886e38
 CHOICES: dict[str, tuple[str, ...]] = {
-    "task": ("translation",),
-    "data.batching": ("pack", "bucket"),
-    "tokenizer.model_type": ("unigram", "bpe", "char", "word"),
-    "model.activation": ACTIVATIONS,
-    "model.norm_position": NORM_POSITIONS,
-    "model.position_layout": POSITION_LAYOUTS,
     "model.attention_impl": ATTENTION_IMPLEMENTATIONS,
     "model.remat": REMAT_POLICIES,
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "optimizer.schedule": ("rsqrt", "constant"),
+    "optimizer.schedule": ("rsqrt", "cosine", "linear", "constant"),
     "train.on_nonfinite": ("stop", "skip"),
-    "decode.length_penalty_type": ("gnmt", "hf"),
-    "decode.early_stopping": ("false", "true", "never"),
 }
 
 
@@ -329,7 +302,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         if value is not _MISSING and not ok(value):
             fail(key, why)
 
-    base = dict(_leaves(translation_base()))
+    task = task_class(cfg)  # an unknown task is a ConfigError listing the known ones
+    base = dict(_leaves(task.base_config()))
     for key, value in _leaves(cfg):
         want = base.get(key, value)
         if isinstance(want, bool) != isinstance(value, bool) or not isinstance(
@@ -350,7 +324,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         return 0.0 <= v < 1.0
 
     need("seed", at_least(0), "must be >= 0")
-    for key in ("name", "src_key", "tgt_key", "train_split", "eval_split", "test_split"):
+    for key in ("name", "train_split", "eval_split", "test_split"):
         need(f"data.{key}", lambda v: bool(v.strip()), "must not be empty")
     need("data.max_length", at_least(2), "must be >= 2")
     max_length = _get(cfg, "data.max_length")
@@ -360,34 +334,34 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             lambda v: max_length is _MISSING or v >= max_length,
             f"must be >= data.max_length={max_length}",
         )
-    need("tokenizer.vocab_size", at_least(8), "must be >= 8")
-    need("tokenizer.max_train_sentences", at_least(1), "must be >= 1")
 
-    for key in ("d_model", "num_heads", "d_ff", "num_decoder_layers", "max_position"):
-        need(f"model.{key}", at_least(1), "must be >= 1")
-    need("model.num_encoder_layers", at_least(0), "must be >= 0")
-    need("model.num_kv_heads", at_least(0), "must be >= 0 (0 = model.num_heads)")
-    heads = _get(cfg, "model.num_heads")
-    if isinstance(heads, int) and heads >= 1:
-        d_model = _get(cfg, "model.d_model")
-        need(
-            "model.num_heads",
-            lambda v: d_model is _MISSING or d_model % v == 0,
-            f"must divide model.d_model={d_model}",
-        )
-        need(
-            "model.num_kv_heads",
-            lambda v: v == 0 or heads % v == 0,
-            f"must divide model.num_heads={heads}",
-        )
     need("model.dropout_rate", in_01, "must be in [0, 1)")
-    need("model.layer_norm_eps", lambda v: v > 0, "must be > 0")
 
     for key in ("b1", "b2"):
         need(f"optimizer.{key}", in_01, "must be in [0, 1)")
     need("optimizer.eps", lambda v: v > 0, "must be > 0")
     need("optimizer.lr_scale", lambda v: v > 0, "must be positive")
-    need("optimizer.warmup_steps", at_least(1), "must be >= 1")
+    if _get(cfg, "optimizer.schedule") in ("cosine", "linear"):
+        need("optimizer.warmup_steps", at_least(0), "must be >= 0")
+        need("optimizer.peak_lr", lambda v: v > 0, "must be positive")
+        need("optimizer.decay_steps", at_least(0), "must be >= 0 (0 = train.num_steps)")
+        need("optimizer.final_lr_fraction", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+        warmup = _get(cfg, "optimizer.warmup_steps")
+        if _get(cfg, "optimizer.decay_steps") == 0:
+            need(
+                "train.num_steps",
+                lambda v: warmup is _MISSING or v > warmup,
+                f"must be > optimizer.warmup_steps={warmup} (the decay ends at "
+                "train.num_steps), or set optimizer.decay_steps",
+            )
+        else:
+            need(
+                "optimizer.decay_steps",
+                lambda v: warmup is _MISSING or v > warmup,
+                f"must be > optimizer.warmup_steps={warmup} (or 0 = train.num_steps)",
+            )
+    else:
+        need("optimizer.warmup_steps", at_least(1), "must be >= 1")
     need("optimizer.grad_clip_norm", at_least(0), "must be >= 0 (0 = off)")
     need("optimizer.weight_decay", at_least(0), "must be >= 0")
 
@@ -403,13 +377,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         need(f"train.{key}", at_least(1), "must be >= 1")
     need("train.eval_batches", at_least(0), "must be >= 0 (0 = the whole split)")
     need("train.inject_nonfinite_step", at_least(-1), "must be >= 0, or -1 (off)")
-
-    need("decode.beam_size", at_least(1), "must be >= 1")
-    need("decode.alpha", at_least(0), "must be >= 0")
-    need("decode.extra_length", at_least(0), "must be >= 0")
-    need("decode.max_decode_len", at_least(1), "must be >= 1")
-    need("decode.batch_size", at_least(1), "must be >= 1")
-    need("decode.bleu_examples", at_least(0), "must be >= 0 (0 = all)")
 
     for axis in ("data", "fsdp", "tensor", "sequence"):
         need(f"mesh.{axis}", lambda v: v >= 1 or v == -1, "must be >= 1, or -1 (the rest)")
@@ -427,45 +394,23 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             rules_for(rules)
         except ValueError as e:
             fail("mesh.rules", str(e).splitlines()[0] if str(e) else "invalid")
+    task.validate_config(cfg)
 
 
-def model_config(
-    cfg: ml_collections.ConfigDict,
-    *,
-    vocab_size: int,
-    pad_id: int,
-    eos_id: int,
-    decoder_start_id: int,
-) -> TransformerConfig:
-    """The one place where the run config becomes the typed model config."""
-    m = cfg.model
-    try:
-        return TransformerConfig(
-            vocab_size=vocab_size,
-            d_model=m.d_model,
-            num_heads=m.num_heads,
-            num_kv_heads=m.num_kv_heads or None,
-            d_ff=m.d_ff,
-            num_encoder_layers=m.num_encoder_layers,
-            num_decoder_layers=m.num_decoder_layers,
-            dropout_rate=m.dropout_rate,
-            activation=m.activation,
-            norm_position=m.norm_position,
-            layer_norm_eps=m.layer_norm_eps,
-            scale_embeddings=m.scale_embeddings,
-            share_embeddings=m.share_embeddings,
-            target_vocab_size=None if m.share_embeddings else vocab_size,
-            tie_output=m.tie_output,
-            attention_bias=m.attention_bias,
-            position_layout=m.position_layout,
-            max_position=max(m.max_position, cfg.data.max_length, cfg.decode.max_decode_len + 1),
-            attention_impl=m.attention_impl,
-            dtype=jnp.dtype(m.dtype),
-            remat=m.remat,
-            scan_layers=m.scan_layers,
-            pad_id=pad_id,
-            eos_id=eos_id,
-            decoder_start_id=decoder_start_id,
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+def checker(cfg: ml_collections.ConfigDict):
+    """(need, get) for a task's `validate_config`.
+
+    `need(key, ok, why)` raises a one-line ConfigError naming the key when the
+    config holds it and `ok(value)` is false; `get(key)` is its value (None if absent).
+    """
+
+    def need(key: str, ok, why: str) -> None:
+        value = _get(cfg, key)
+        if value is not _MISSING and not ok(value):
+            raise ConfigError(f"config key '{key}'={_shown(value)}: {why}")
+
+    def get(key: str):
+        value = _get(cfg, key)
+        return None if value is _MISSING else value
+
+    return need, get

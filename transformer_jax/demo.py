@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 def _demo(config: str, workdir: str, extra: list[str]) -> int:
     from transformer_jax.__main__ import _overrides, quiet_libraries
     from transformer_jax.config import load_config
-    from transformer_jax.pipelines import TranslationPipeline
+    from transformer_jax.pipelines import pipeline
     from transformer_jax.train.evaluation import average_checkpoints, evaluate_checkpoint
     from transformer_jax.train.restore import open_checkpoints
     from transformer_jax.train.trainer import train_and_evaluate
@@ -67,7 +67,7 @@ def _demo(config: str, workdir: str, extra: list[str]) -> int:
         steps = average_checkpoints(workdir, AVERAGE_LAST)["steps"]
         averaged = evaluate_checkpoint(workdir, split=split, averaged=True, loss_batches=0)
     t2 = time.perf_counter()
-    translator = TranslationPipeline.from_workdir(workdir, averaged=averaged is not None)
+    translator = pipeline("translation", workdir=workdir, averaged=averaged is not None)
     print()
     print(f"test BLEU (sacreBLEU, detokenized, {split} split):")
     print(f"  last checkpoint (step {result['step']}): {result[split + '/bleu']:.2f}")

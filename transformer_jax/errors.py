@@ -7,12 +7,12 @@ import os
 import re
 
 from transformer_jax.config import ConfigError
-from transformer_jax.pipelines import InputError
 from transformer_jax.train.checkpoint import CheckpointError
 from transformer_jax.train.distributed import DistributedInitError
 from transformer_jax.train.paths import WorkdirError
 from transformer_jax.train.preemption import Preempted
 from transformer_jax.train.sharding import MeshError
+from transformer_jax.train.task import InputError
 from transformer_jax.train.trainer import TrainingError
 from transformer_jax.train.workdir import WorkdirInUse
 

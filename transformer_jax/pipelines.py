@@ -1,168 +1,33 @@
-"""User-facing pipelines. Outputs follow the Hugging Face pipeline shapes.
+"""User-facing inference pipelines, one per task. Outputs follow the Hugging Face shapes.
 
-translator = TranslationPipeline.from_workdir("runs/tiny")
+translator = pipeline("translation", workdir="runs/tiny")
 translator(["The cat sleeps on the couch."])
 # [{'translation_text': 'El gato duerme en el sofá.'}]
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Sequence
+from transformer_jax.train.task import InputError
 
-import numpy as np
-
-from transformer_jax.decode.seq2seq import translate_rows
-from transformer_jax.nn.config import TransformerConfig
-from transformer_jax.train.metrics import report
+__all__ = ["InputError", "pipeline"]
 
 
-class InputError(ValueError):
-    """Input a user can fix (one line)."""
+def pipeline(
+    task: str | None = None,
+    *,
+    workdir: str,
+    step: int | None = None,
+    averaged: bool = False,
+    **settings,
+):
+    """The inference pipeline of a training run's latest good checkpoint (or `step`, or
+    the `averaged` one); `task` defaults to the run's own and, if given, must match it.
+    `settings` override the run's (e.g. beam_size=1)."""
+    from transformer_jax.config import ConfigError, make_task
+    from transformer_jax.train.restore import load_for_inference
 
-
-def _round_up(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
-
-
-@dataclasses.dataclass
-class TranslationPipeline:
-    """Text in, text out: tokenize, batch by length, jitted beam search, detokenize.
-
-    Inputs longer than `max_source_len` tokens are truncated to that many (the
-    end-of-sentence token is kept); empty or blank lines translate to "".
-
-    With a `mesh`, each batch's rows are split over its data-parallel devices,
-    those of every host (`batch_size` is rounded up to a multiple of their
-    number), and every host gets all translations. Under several processes
-    every host must translate the same texts.
-    """
-
-    params: object
-    model_config: TransformerConfig
-    src_tokenizer: object
-    tgt_tokenizer: object
-    beam_size: int = 4
-    alpha: float = 0.6
-    length_penalty_type: str = "gnmt"  # "hf": length_penalty and early_stopping, as HF's
-    length_penalty: float = 1.0
-    early_stopping: str = "false"
-    forced_eos: bool = False
-    extra_length: int = 50
-    max_decode_len: int = 256
-    max_source_len: int = 256
-    batch_size: int = 64
-    mesh: object = None  # a jax.sharding.Mesh, or None for the default device
-
-    def __post_init__(self) -> None:
-        """Decoding settings a caller can get wrong fail here, one line each."""
-        for name, low in (
-            ("beam_size", 1),
-            ("batch_size", 1),
-            ("max_decode_len", 1),
-            ("max_source_len", 1),
-            ("extra_length", 0),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise InputError(f"{name} must be an int, got {value!r}")
-            if value < low:
-                raise InputError(f"{name} must be >= {low}, got {value}")
-        if not (isinstance(self.alpha, int | float | np.number) and 0 <= self.alpha < np.inf):
-            raise InputError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
-
-    @classmethod
-    def from_workdir(
-        cls, workdir: str, *, step: int | None = None, averaged: bool = False, **overrides
-    ) -> TranslationPipeline:
-        from transformer_jax.train.restore import load_for_inference
-
-        loaded = load_for_inference(workdir, step=step, averaged=averaged)
-        dec = loaded.decode_settings
-        kwargs = dict(
-            params=loaded.params,
-            model_config=loaded.model_config,
-            src_tokenizer=loaded.src_tokenizer,
-            tgt_tokenizer=loaded.tgt_tokenizer,
-            beam_size=dec["beam_size"],
-            alpha=dec["alpha"],
-            length_penalty_type=dec["length_penalty_type"],
-            length_penalty=dec["length_penalty"],
-            early_stopping=dec["early_stopping"],
-            forced_eos=dec["forced_eos"],
-            extra_length=dec["extra_length"],
-            max_decode_len=dec["max_decode_len"],
-            max_source_len=dec["max_source_len"],
-        )
-        kwargs.update(overrides)
-        return cls(**kwargs)
-
-    def encode_source(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise InputError(f"expected text (str), got {type(text).__name__}")
-        ids = self.src_tokenizer.encode(text)
-        eos = self.model_config.eos_id
-        if ids and ids[-1] == eos:
-            ids = ids[:-1]
-        return ids[: self.max_source_len - 1] + [eos]
-
-    def translate(self, texts: Sequence[str]) -> list[str]:
-        if isinstance(texts, bytes | bytearray) or not isinstance(texts, Iterable):
-            raise InputError(f"expected text (str) or a list of texts, got {type(texts).__name__}")
-        texts = list(texts)
-        out = [""] * len(texts)
-        todo = [i for i, t in enumerate(texts) if (t if isinstance(t, str) else "x").strip()]
-        encoded = {i: self.encode_source(texts[i]) for i in todo}
-        todo.sort(key=lambda i: len(encoded[i]))
-        cfg = self.model_config
-        if self.mesh is None:
-            rows_sharding, multiple = None, 1
-        else:
-            from transformer_jax.train import sharding as shd
-
-            rows_sharding = shd.batch_sharding(self.mesh)
-            multiple = shd.data_parallel_size(self.mesh)
-        # Every host computes the same batches (same count, same shapes) from the same
-        # texts: under several processes each decode is one computation of all hosts.
-        per_batch = _round_up(self.batch_size, multiple)
-        report("decoding", 0, len(todo))
-        for start in range(0, len(todo), per_batch):
-            rows = todo[start : start + per_batch]
-            S = _round_up(max(len(encoded[i]) for i in rows), 16)
-            B = _round_up(len(rows), 8) if len(rows) > 8 else len(rows)
-            B = _round_up(B, multiple)
-            src_BS = np.full((B, S), cfg.pad_id, np.int32)
-            lengths_B = np.ones((B,), np.int32)
-            for r, i in enumerate(rows):
-                src_BS[r, : len(encoded[i])] = encoded[i]
-                lengths_B[r] = len(encoded[i])
-            src_BS[len(rows) :, 0] = cfg.eos_id
-            max_len_B = np.minimum(lengths_B + self.extra_length, self.max_decode_len)
-            ids_BL = translate_rows(
-                self.params,
-                src_BS,
-                max_len_B,
-                rows_sharding=rows_sharding,
-                config=cfg,
-                beam_size=self.beam_size,
-                alpha=self.alpha,
-                max_decode_len=self.max_decode_len,
-                length_penalty_type=self.length_penalty_type,
-                length_penalty=self.length_penalty,
-                early_stopping=self.early_stopping,
-                forced_eos=self.forced_eos,
-            )
-            for r, i in enumerate(rows):
-                out[i] = self.tgt_tokenizer.decode(_until_eos(ids_BL[r], cfg.eos_id))
-            report("decoding", start + len(rows), len(todo))
-        return out
-
-    def __call__(self, texts: str | Iterable[str]) -> list[dict[str, str]]:
-        if isinstance(texts, str):
-            texts = [texts]
-        return [{"translation_text": t} for t in self.translate(texts)]
-
-
-def _until_eos(ids, eos_id: int) -> list[int]:
-    ids = [int(t) for t in ids]
-    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+    loaded = load_for_inference(workdir, step=step, averaged=averaged)
+    run_task = loaded.run_config.get("task", "translation")
+    if task is not None and task != run_task:
+        raise ConfigError(f"{workdir} holds a {run_task!r} run, not a {task!r} one")
+    return make_task(loaded.run_config).pipeline(loaded, **settings)

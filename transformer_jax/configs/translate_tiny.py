@@ -9,7 +9,7 @@ preparation included, and should reach a detokenized test BLEU above 80
 couch." -> "El gato duerme en el sofá.".
 """
 
-from transformer_jax.config import translation_base
+from transformer_jax.tasks.translation.config import translation_base
 
 
 def get_config():

@@ -14,7 +14,7 @@ Should reach: 27.3 BLEU on newstest2014 after averaging the last 5 checkpoints
 65M parameters with the shared 37k BPE vocabulary.
 """
 
-from transformer_jax.config import translation_base
+from transformer_jax.tasks.translation.config import translation_base
 
 
 def get_config():

@@ -248,6 +248,7 @@ def greedy_search(
     rng: jax.Array | None = None,
     forced_eos: bool = False,
     banned_ids: Sequence[int] = (),
+    initial_logits: jax.Array | None = None,
 ) -> jax.Array:
     """Greedy (``temperature == 0``) or sampled decoding; returns ``int32[B, max_decode_len]``.
 
@@ -256,6 +257,9 @@ def greedy_search(
     rest of its row is ``PAD_ID``. The loop stops when every example is finished. With
     ``forced_eos`` the token at position ``max_lengths[b] - 1`` is ``eos_id``; ``banned_ids``
     are never generated.
+
+    ``initial_logits`` (``[B, V]``, e.g. from a prefilled prompt) choose the first token
+    instead of a model step on ``start_id``; the model is then fed that token first.
     """
     banned_ids = _check_banned(banned_ids)
     sampling = not _is_static_value(temperature, 0.0)
@@ -269,8 +273,7 @@ def greedy_search(
     def cond(state: _GreedyState) -> jax.Array:
         return (state.step < max_decode_len) & ~jnp.all(done(state))
 
-    def body(state: _GreedyState) -> _GreedyState:
-        logits, new_cache = _step_logits(tokens_to_logits, state.last, state.cache)
+    def choose(state: _GreedyState, logits: jax.Array, new_cache: PyTree) -> _GreedyState:
         logits = _process(
             logits,
             state.step,
@@ -290,6 +293,10 @@ def greedy_search(
         finished = state.finished | (~was_done & (tokens == eos_id))
         return _GreedyState(state.step + 1, tokens, seqs, finished, new_cache)
 
+    def body(state: _GreedyState) -> _GreedyState:
+        logits, new_cache = _step_logits(tokens_to_logits, state.last, state.cache)
+        return choose(state, logits, new_cache)
+
     init = _GreedyState(
         step=jnp.zeros((), jnp.int32),
         last=jnp.full((batch_size,), start_id, jnp.int32),
@@ -297,6 +304,10 @@ def greedy_search(
         finished=jnp.zeros((batch_size,), bool),
         cache=cache,
     )
+    if initial_logits is not None and max_decode_len > 0:
+        logits = jnp.asarray(initial_logits).reshape(batch_size, -1).astype(jnp.float32)
+        # A first step only where the loop would take one (some example not yet done).
+        init = lax.cond(cond(init), lambda s: choose(s, logits, s.cache), lambda s: s, init)
     return lax.while_loop(cond, body, init).seqs
 
 
@@ -332,6 +343,7 @@ def beam_search(
     early_stopping: str = "false",
     forced_eos: bool = False,
     banned_ids: Sequence[int] = (),
+    initial_logits: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Beam search with length penalty; returns ``(int32[B, K, L], float32[B, K])`` best first.
 
@@ -352,6 +364,9 @@ def beam_search(
       finished ones, ``"never"`` likewise but scored at ``max_lengths[b]`` when ``alpha > 0``.
 
     Examples without finished hypotheses fall back to their alive beams.
+
+    ``initial_logits`` (``[B, V]``, e.g. from a prefilled prompt) score the first extensions
+    instead of a model step on ``start_id``.
     """
     if length_penalty_type not in LENGTH_PENALTY_TYPES:
         raise ValueError(
@@ -394,6 +409,9 @@ def beam_search(
         logits, new_cache = _step_logits(
             tokens_to_logits, state.alive_last.reshape(B * K), state.cache
         )
+        return extend(state, logits, new_cache)
+
+    def extend(state: _BeamState, logits: jax.Array, new_cache: PyTree) -> _BeamState:
         vocab = logits.shape[-1]
         logp = jax.nn.log_softmax(logits, axis=-1).reshape(B, K, vocab)
         logp = _process(
@@ -471,6 +489,11 @@ def beam_search(
         improvable=jnp.ones((B,), bool),
         cache=flatten_beams(expand_to_beams(cache, K)),
     )
+    if initial_logits is not None and L > 0:
+        logits = jnp.asarray(initial_logits, jnp.float32).reshape(B, -1)
+        logits = flatten_beams(expand_to_beams(logits, K))
+        # A first step only where the loop would take one (some example not yet done).
+        init = lax.cond(cond(init), lambda s: extend(s, logits, s.cache), lambda s: s, init)
     state = lax.while_loop(cond, body, init)
 
     # Fallback for examples that never finished a hypothesis: report their alive beams.

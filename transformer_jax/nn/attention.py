@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.positions import apply_rope
 from transformer_jax.ops.attention import dot_product_attention
 
 
@@ -59,19 +60,39 @@ def _proj(features: tuple[int, ...], axes, config: TransformerConfig, name: str,
     return Projection(in_features, features, axes, config, name=name)
 
 
+def _write_rows(cache_BS: jax.Array, new_BT: jax.Array, index_B: jax.Array) -> jax.Array:
+    """Writes ``new_BT[b]`` into ``cache_BS[b]`` from slot ``index_B[b]`` on (axis 1)."""
+    write = lambda c, x, i: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), i, axis=0)
+    return jax.vmap(write)(cache_BS, new_BT, index_B)
+
+
 class MultiHeadAttention(nn.Module):
     """Self- or cross-attention. In decode mode it keeps keys/values in "cache".
 
-    Self-attention cache: `cached_key`/`cached_value` [B, S_max, K, H] filled at
-    the query's absolute position; a call with T new tokens writes them and attends causally by
-    absolute position. Cross-attention cache: the projected encoder keys/values
-    and the source segment ids are stored once, when the cache is created
-    (`EncoderDecoder.init_cache`), so decoding steps never touch the encoder.
+    Rotary positions (``position_type="rope"``) turn self-attention queries and keys
+    by their positions; cross-attention is never rotated. ``q_prefix_BT`` (bool,
+    causal self-attention only) marks the bidirectional prefix of a prefix-LM.
+
+    Self-attention cache (``slot_cache=False``, the translation decoder):
+    `cached_key`/`cached_value` [B, S_max, K, H] filled at the query's absolute position,
+    the same for every row; a call with T new tokens writes them and attends causally by
+    absolute position.
+
+    Slot cache (``slot_cache=True``, decoder-only models): every call writes its T tokens
+    into the next T slots of each row (`cache_index` [B]) together with their segment ids
+    (`cached_segment_ids`, 0 = padding, never attended) and positions (`cached_positions`),
+    so rows may hold prompts of different lengths, left- or right-padded, and each row
+    keeps its own positions. A call with T = S_max creates the cache.
+
+    Cross-attention cache: the projected encoder keys/values and the source segment ids are
+    stored once, when the cache is created (`EncoderDecoder.init_cache`), so decoding steps
+    never touch the encoder.
     """
 
     config: TransformerConfig
     causal: bool = False
     is_cross: bool = False
+    slot_cache: bool = False
 
     def _out(self, o_BTNH: jax.Array) -> jax.Array:
         cfg = self.config
@@ -90,6 +111,7 @@ class MultiHeadAttention(nn.Module):
         kv_seg_BS: jax.Array | None = None,
         q_pos_BT: jax.Array | None = None,
         kv_pos_BS: jax.Array | None = None,
+        q_prefix_BT: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
         N, K, H = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
@@ -117,7 +139,21 @@ class MultiHeadAttention(nn.Module):
             )
             return self._out(o_BTNH)
 
+        if q_prefix_BT is not None and not self.causal:
+            raise ValueError("q_prefix_BT needs causal self-attention")
         k_BTKH, v_BTKH = key_proj(x_BTD), value_proj(x_BTD)
+        if cfg.position_type == "rope":
+            if q_pos_BT is None:
+                B, T = x_BTD.shape[:2]
+                q_pos_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+            rope = dict(theta=cfg.rope_theta, layout=cfg.position_layout)
+            q_BTNH = apply_rope(q_BTNH, q_pos_BT, **rope)
+            k_BTKH = apply_rope(k_BTKH, q_pos_BT, **rope)
+        if cfg.decode and self.causal and self.slot_cache:
+            o_BTNH = self._slot_cached_self_attention(
+                q_BTNH, k_BTKH, v_BTKH, q_seg_BT, q_pos_BT, q_prefix_BT
+            )
+            return self._out(o_BTNH)
         if cfg.decode and self.causal:
             return self._out(self._cached_self_attention(q_BTNH, k_BTKH, v_BTKH, q_pos_BT))
         o_BTNH = dot_product_attention(
@@ -129,9 +165,59 @@ class MultiHeadAttention(nn.Module):
             q_positions=q_pos_BT,
             kv_positions=q_pos_BT,
             causal=self.causal,
+            q_prefix=q_prefix_BT,
+            kv_prefix=q_prefix_BT,
             implementation=cfg.attention_impl,
         )
         return self._out(o_BTNH)
+
+    def _slot_cached_self_attention(
+        self, q_BTNH, k_BTKH, v_BTKH, q_seg_BT, q_pos_BT, q_prefix_BT
+    ) -> jax.Array:
+        cfg = self.config
+        B, T, K, H = k_BTKH.shape
+        is_init = not self.has_variable("cache", "cached_key")
+        # The cache is created by a call whose T is the cache length S_max.
+        ck = self.variable("cache", "cached_key", jnp.zeros, (B, T, K, H), k_BTKH.dtype)
+        cv = self.variable("cache", "cached_value", jnp.zeros, (B, T, K, H), v_BTKH.dtype)
+        cseg = self.variable("cache", "cached_segment_ids", jnp.zeros, (B, T), jnp.int32)
+        cpos = self.variable("cache", "cached_positions", jnp.zeros, (B, T), jnp.int32)
+        cidx = self.variable("cache", "cache_index", jnp.zeros, (B,), jnp.int32)
+        if is_init:
+            return jnp.zeros_like(q_BTNH)
+        if q_seg_BT is None:
+            q_seg_BT = jnp.ones((B, T), jnp.int32)
+        if q_pos_BT is None:
+            raise ValueError("slot-cached attention needs the positions of the new tokens")
+        S = ck.value.shape[1]
+        # Rows advance together (one slot per token, padding included), so index_B is the
+        # same in every row; it is kept per row so that every cache leaf has batch first.
+        # Writing past S_max would clamp (overwrite the last slots): callers size S_max.
+        index_B = cidx.value
+        ck.value = _write_rows(ck.value, k_BTKH, index_B)
+        cv.value = _write_rows(cv.value, v_BTKH, index_B)
+        cseg.value = _write_rows(cseg.value, q_seg_BT.astype(jnp.int32), index_B)
+        cpos.value = _write_rows(cpos.value, q_pos_BT.astype(jnp.int32), index_B)
+        cidx.value = index_B + T
+        kv_prefix_BS = None
+        if q_prefix_BT is not None:
+            # Prefix keys after a prefix query can only be in this call: a prefix comes
+            # whole in one call, so only this call's slots need the prefix flag.
+            q_prefix_BT = q_prefix_BT.astype(jnp.bool_)
+            kv_prefix_BS = _write_rows(jnp.zeros((B, S), jnp.bool_), q_prefix_BT, index_B)
+        return dot_product_attention(
+            q_BTNH,
+            ck.value,
+            cv.value,
+            q_segment_ids=q_seg_BT,
+            kv_segment_ids=cseg.value,
+            q_positions=q_pos_BT,
+            kv_positions=cpos.value,
+            causal=True,
+            q_prefix=q_prefix_BT,
+            kv_prefix=kv_prefix_BS,
+            implementation=cfg.attention_impl,
+        )
 
     def _cached_self_attention(self, q_BTNH, k_BTKH, v_BTKH, q_pos_BT) -> jax.Array:
         cfg = self.config

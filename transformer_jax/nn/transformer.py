@@ -1,4 +1,9 @@
-"""Encoder and decoder stacks, post-LN (the paper) or pre-LN."""
+"""Encoder and decoder stacks, post-LN (the paper) or pre-LN.
+
+The norm (`norm_type`), rotary positions (`position_type="rope"`) and the feed-forward
+(`activation`, `mlp_bias`) follow the config. A decoder layer cross-attends to
+`num_memories` memories: 0 (decoder-only LM), 1 (encoder-decoder) or several.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import jax.numpy as jnp
 from transformer_jax.nn.attention import MultiHeadAttention
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.nn.mlp import FeedForward
-from transformer_jax.nn.norms import layer_norm
+from transformer_jax.nn.norms import make_norm
 
 
 class Residual(nn.Module):
@@ -20,7 +25,7 @@ class Residual(nn.Module):
     @nn.compact
     def __call__(self, x_BLD: jax.Array, sublayer, *args, **kwargs) -> jax.Array:
         cfg = self.config
-        norm = layer_norm(cfg, "norm")
+        norm = make_norm(cfg, "norm")
         drop = nn.Dropout(cfg.dropout_rate, deterministic=cfg.deterministic)
         if cfg.norm_position == "pre":
             return x_BLD + drop(sublayer(norm(x_BLD), *args, **kwargs))
@@ -45,20 +50,52 @@ class EncoderLayer(nn.Module):
         return _constrain(x_BLD)
 
 
+def _memories(memories, num_memories: int, what: str) -> tuple:
+    """One entry per memory: a single array (num_memories 1), a sequence, or None (cached)."""
+    if memories is None:
+        return (None,) * num_memories
+    if num_memories == 1 and not isinstance(memories, (tuple, list)):
+        return (memories,)
+    memories = tuple(memories)
+    if len(memories) != num_memories:
+        raise ValueError(f"decoder has {num_memories} memories, got {len(memories)} {what}")
+    return memories
+
+
 class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention to each memory, feed-forward.
+
+    `enc_BSD`/`enc_seg_BS` are one array each (num_memories 1), sequences of
+    `num_memories` arrays, or None (decoding: cross keys/values are cached). Memory 0
+    uses the names `cross_attention`/`cross_block`, memory i > 0 adds `_{i}`.
+    `prefix_BT` (bool) marks a prefix-LM's bidirectional prefix.
+    """
+
     config: TransformerConfig
+    num_memories: int = 1
+    slot_cache: bool = False
 
     @nn.compact
-    def __call__(self, y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS):
+    def __call__(self, y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS, prefix_BT=None):
         cfg = self.config
-        self_attn = MultiHeadAttention(cfg, causal=True, name="self_attention")
-        cross_attn = MultiHeadAttention(cfg, is_cross=True, name="cross_attention")
+        self_attn = MultiHeadAttention(
+            cfg, causal=True, slot_cache=self.slot_cache, name="self_attention"
+        )
         y_BTD = Residual(cfg, name="attention_block")(
-            y_BTD, lambda h: self_attn(h, q_seg_BT=seg_BT, q_pos_BT=pos_BT)
+            y_BTD,
+            lambda h: self_attn(h, q_seg_BT=seg_BT, q_pos_BT=pos_BT, q_prefix_BT=prefix_BT),
         )
-        y_BTD = Residual(cfg, name="cross_block")(
-            y_BTD, lambda h: cross_attn(h, enc_BSD, q_seg_BT=seg_BT, kv_seg_BS=enc_seg_BS)
-        )
+        memories = _memories(enc_BSD, self.num_memories, "memories")
+        memory_segs = _memories(enc_seg_BS, self.num_memories, "memory segment ids")
+        for i, (mem_BSD, mem_seg_BS) in enumerate(zip(memories, memory_segs, strict=True)):
+            suffix = f"_{i}" if i else ""
+            cross_attn = MultiHeadAttention(cfg, is_cross=True, name=f"cross_attention{suffix}")
+            y_BTD = Residual(cfg, name=f"cross_block{suffix}")(
+                y_BTD,
+                lambda h, a=cross_attn, m=mem_BSD, s=mem_seg_BS: a(
+                    h, m, q_seg_BT=seg_BT, kv_seg_BS=s
+                ),
+            )
         y_BTD = Residual(cfg, name="mlp_block")(y_BTD, FeedForward(cfg, name="mlp"))
         return _constrain(y_BTD)
 
@@ -79,8 +116,8 @@ class _ScanEncoderLayer(EncoderLayer):
 
 
 class _ScanDecoderLayer(DecoderLayer):
-    def __call__(self, y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS):
-        return super().__call__(y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS), None
+    def __call__(self, y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS, prefix_BT=None):
+        return super().__call__(y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS, prefix_BT), None
 
 
 def _scanned(cls, config: TransformerConfig, length: int, num_args: int):
@@ -114,29 +151,41 @@ class Encoder(nn.Module):
             for i in range(cfg.num_encoder_layers):
                 x_BSD = layer_cls(cfg, name=f"layer_{i}")(x_BSD, seg_BS, pos_BS)
         if cfg.norm_position == "pre":
-            x_BSD = layer_norm(cfg, "final_norm")(x_BSD)
+            x_BSD = make_norm(cfg, "final_norm")(x_BSD)
         return x_BSD
 
 
 class Decoder(nn.Module):
-    """Embedded target [B, T, D] + encoded source -> hidden [B, T, D]."""
+    """Embedded target [B, T, D] + encoded memories -> hidden [B, T, D].
+
+    `num_memories=0` is a decoder-only stack (pass `enc_BSD=enc_seg_BS=None`);
+    `slot_cache` selects the per-row slot cache for decoding (see MultiHeadAttention).
+    """
 
     config: TransformerConfig
+    num_memories: int = 1
+    slot_cache: bool = False
 
     @nn.compact
-    def __call__(self, y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS):
+    def __call__(self, y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS, prefix_BT=None):
         cfg = self.config
+        extra = dict(num_memories=self.num_memories, slot_cache=self.slot_cache)
+        # The prefix mask is passed only when given, so that callers without one keep
+        # exactly the layer calls (and scanned argument lists) they had before.
+        prefix = () if prefix_BT is None else (prefix_BT,)
         if cfg.scan_layers and cfg.num_decoder_layers:
-            stack = _scanned(_ScanDecoderLayer, cfg, cfg.num_decoder_layers, 4)
-            y_BTD, _ = stack(cfg, name="layers")(y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS)
+            stack = _scanned(_ScanDecoderLayer, cfg, cfg.num_decoder_layers, 4 + len(prefix))
+            y_BTD, _ = stack(cfg, name="layers", **extra)(
+                y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS, *prefix
+            )
         else:
             layer_cls = _remat(DecoderLayer, cfg)
             for i in range(cfg.num_decoder_layers):
-                y_BTD = layer_cls(cfg, name=f"layer_{i}")(
-                    y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS
+                y_BTD = layer_cls(cfg, name=f"layer_{i}", **extra)(
+                    y_BTD, enc_BSD, seg_BT, pos_BT, enc_seg_BS, *prefix
                 )
         if cfg.norm_position == "pre":
-            y_BTD = layer_norm(cfg, "final_norm")(y_BTD)
+            y_BTD = make_norm(cfg, "final_norm")(y_BTD)
         return y_BTD
 
 

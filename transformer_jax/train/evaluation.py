@@ -1,4 +1,4 @@
-"""Evaluation: eval loss over a split, the task metric, checkpoint averaging.
+"""Evaluation: eval loss over a split, the task's evaluators, checkpoint averaging.
 
 `evaluate_checkpoint` is what `tjax eval` runs; `run_eval` is also called by the
 trainer during training.
@@ -20,7 +20,7 @@ from transformer_jax.train import paths
 from transformer_jax.train import sharding as shd
 from transformer_jax.train.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
 from transformer_jax.train.metrics import MetricsWriter, Progress, log, report
-from transformer_jax.train.tasks import Task, make_task
+from transformer_jax.train.task import Task
 
 
 class MeshContext:
@@ -47,7 +47,7 @@ def eval_step(params, batch, *, task: Task, model):
 
 
 def summarize(metric_list: list[dict[str, Any]]) -> dict[str, float]:
-    """Token-weighted averages from per-step sums."""
+    """Token-weighted averages from per-step sums (the `Task.loss` metric-sum keys)."""
     tot: dict[str, float] = {}
     for m in jax.device_get(metric_list):
         for k, v in m.items():
@@ -61,7 +61,7 @@ def summarize(metric_list: list[dict[str, Any]]) -> dict[str, float]:
     out["perplexity"] = math.exp(min(out["nll"], 50.0))
     if "grad_norm" in tot:
         out["grad_norm"] = tot["grad_norm"] / len(metric_list)
-    out["tokens"] = tot.get("weight_sum", 0.0) + tot.get("src_tokens", 0.0)
+    out["tokens"] = tot.get("tokens", 0.0)  # from Task.batch_counts (training steps)
     return out
 
 
@@ -83,7 +83,7 @@ def evaluate_loss(setup, params, split: str, max_batches: int) -> dict[str, floa
     batches (weight zero) so that all hosts run the same number of steps.
     """
     hosts = jax.process_count()
-    ds = setup.task.eval_dataset(setup.src_tok, setup.tgt_tok, split, jax.process_index(), hosts)
+    ds = setup.task.eval_dataset(setup.processors, split, jax.process_index(), hosts)
     fn = jax.jit(functools.partial(eval_step, task=setup.task, model=setup.model))
     rows = max(setup.cfg.data.eval_tokens_per_batch // setup.cfg.data.max_length, 1)
     step = shd.data_parallel_size(setup.mesh) * hosts
@@ -98,11 +98,9 @@ def evaluate_loss(setup, params, split: str, max_batches: int) -> dict[str, floa
         from jax.experimental import multihost_utils
 
         count = int(np.max(multihost_utils.process_allgather(np.asarray([count], np.int32))))
-    if count > len(batches):
-        from transformer_jax.data.pipeline import BATCH_KEYS
-
-        shape = (local_rows, setup.cfg.data.max_length)
-        blank = {k: np.zeros(shape, np.int32) for k in BATCH_KEYS}
+    if count > len(batches):  # all-zero rows: weight zero
+        example = setup.task.example_batch(setup.model_config)
+        blank = {k: np.zeros((local_rows,) + v.shape[1:], v.dtype) for k, v in example.items()}
         batches += [blank] * (count - len(batches))
     metrics = []
     label = f"evaluating {split} loss"
@@ -122,9 +120,11 @@ def run_eval(
     split: str,
     writer: MetricsWriter | None,
     step: int,
-    bleu_limit: int,
+    limit: int | None,
     loss_batches: int | None = None,
 ) -> dict[str, Any]:
+    """Eval loss over `split`, then each of the task's evaluators over its first `limit`
+    examples (0 = all, None = the run config's default); writes `<split>/<metric>`."""
     t0 = time.perf_counter()
     loss_batches = setup.cfg.train.eval_batches if loss_batches is None else loss_batches
     out: dict[str, Any] = {
@@ -132,36 +132,34 @@ def run_eval(
         for k, v in evaluate_loss(setup, params, split, loss_batches).items()
         if k != "tokens"
     }
-    with setup.context():
-        q = setup.task.quality(
-            params, setup.model_config, setup.src_tok, setup.tgt_tok, split, bleu_limit
-        )
-    out[f"{split}/{setup.task.metric_name}"] = q[setup.task.metric_name]
+    examples: list[dict[str, Any]] = []
+    for evaluator in setup.task.evaluators():
+        with setup.context():
+            q = evaluator(params, setup.model_config, setup.processors, split, limit)
+        out.update({f"{split}/{k}": v for k, v in q.items() if k != "examples"})
+        examples += q.get("examples", [])
     if writer is not None:
         writer.write(step, out)
     shown = " ".join(f"{k}={v:.4g}" for k, v in out.items())
     log(f"eval at step {step} ({time.perf_counter() - t0:.1f}s): {shown}")
-    for ex in q.get("examples", [])[:2]:
+    for ex in examples[:2]:
         log(f"  {ex['source']!r} -> {ex['hypothesis']!r} (ref {ex['reference']!r})")
-    return dict(out, examples=q.get("examples", []))
+    return dict(out, examples=examples)
 
 
-# What an evaluation of an existing model may change; everything else is the run's.
+# What an evaluation of an existing model may change, unless a task lists its own
+# (`Task.eval_keys`, e.g. with decode.*); everything else is the run's.
 EVAL_KEYS = (
-    "decode.",
     "mesh.",
     "data.name",
     "data.data_dir",
-    "data.src_key",
-    "data.tgt_key",
     "data.eval_tokens_per_batch",
     "model.attention_impl",
     "model.dtype",
     "train.progress",
 )
-# Run-config keys that `tjax eval` replaces with its own options.
+# Run-config keys that `tjax eval` replaces with its own options (and `Task.eval_options`).
 EVAL_OPTIONS = {
-    "decode.bleu_examples": "--limit",
     "train.eval_batches": "--loss-batches",
     "data.eval_split": "--split",
     "data.test_split": "--split",
@@ -174,9 +172,12 @@ def eval_config(run_config, overrides=()) -> tuple[Any, dict[str, Any]]:
     An override that cannot apply to evaluating an existing model is a `ConfigError`
     naming its key; one that repeats the run's own value changes nothing and is accepted.
     """
-    from transformer_jax.config import ConfigError, apply_overrides
+    from transformer_jax.config import ConfigError, apply_overrides, task_class
     from transformer_jax.train.workdir import flatten
 
+    task = task_class(run_config)
+    accepted = EVAL_KEYS if task.eval_keys is None else task.eval_keys
+    options = {**EVAL_OPTIONS, **task.eval_options}
     before = flatten(run_config.to_dict())
     cfg = apply_overrides(run_config, overrides)
     after = flatten(cfg.to_dict())
@@ -185,16 +186,15 @@ def eval_config(run_config, overrides=()) -> tuple[Any, dict[str, Any]]:
         key = item.partition("=")[0].strip()
         if after.get(key) == before.get(key):
             continue
-        if key in EVAL_OPTIONS:
+        if key in options:
             raise ConfigError(
-                f"config key '{key}' does not apply to eval: use {EVAL_OPTIONS[key]} instead"
+                f"config key '{key}' does not apply to eval: use {options[key]} instead"
             )
-        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in EVAL_KEYS):
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in accepted):
             raise ConfigError(
                 f"config key '{key}' cannot change for an existing run (it was trained with "
-                f"{before.get(key)!r}); eval accepts decode.*, mesh.*, data.name, "
-                "data.data_dir, data.src_key, data.tgt_key, data.eval_tokens_per_batch, "
-                "model.attention_impl, model.dtype, train.progress"
+                f"{before.get(key)!r}); eval accepts "
+                + ", ".join(k + "*" if k.endswith(".") else k for k in accepted)
             )
         applied[key] = after[key]
     return cfg, applied
@@ -213,6 +213,7 @@ class InferenceSetup:
     ):
         import jax.numpy as jnp
 
+        from transformer_jax.config import make_task
         from transformer_jax.train.restore import load_for_inference
 
         loaded = load_for_inference(workdir, step=step, averaged=averaged)
@@ -222,7 +223,7 @@ class InferenceSetup:
         self.step = loaded.step
         self.params = loaded.params
         self.task = make_task(cfg)
-        self.src_tok, self.tgt_tok = loaded.src_tokenizer, loaded.tgt_tokenizer
+        self.processors = loaded.processors
         # The architecture is the checkpoint's; only how it computes may change.
         changes = {}
         if "model.attention_impl" in self.overrides:
@@ -248,7 +249,7 @@ def evaluate_checkpoint(
     limit: int = 0,
     loss_batches: int = 0,
 ) -> dict[str, Any]:
-    """Eval loss and the task metric (BLEU) of one checkpoint on a split; writes JSON."""
+    """Eval loss and the task's metrics (e.g. BLEU) of one checkpoint on a split; writes JSON."""
     setup = InferenceSetup(workdir, step=step, averaged=averaged, overrides=overrides)
     split = split or setup.cfg.data.test_split
     with Progress(None, enabled=setup.cfg.train.progress):  # phases: loss n/N, decoding n/N
@@ -258,7 +259,7 @@ def evaluate_checkpoint(
             split,
             None,
             setup.step,
-            bleu_limit=limit,
+            limit=limit,
             loss_batches=loss_batches,
         )
     settings = _eval_settings(setup, split, averaged, limit, loss_batches)
@@ -284,6 +285,7 @@ def _eval_settings(setup, split: str, averaged: bool, limit: int, loss_batches: 
         "decode": {
             k: cfg.decode[k]
             for k in ("beam_size", "alpha", "extra_length", "max_decode_len", "batch_size")
+            if k in cfg.get("decode", {})
         },
         "data": {
             "name": cfg.data.name,

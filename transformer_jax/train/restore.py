@@ -1,4 +1,4 @@
-"""Loading a workdir's checkpoint for inference (translate, eval, pipelines)."""
+"""Loading a workdir's checkpoint for inference (eval, pipelines)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from transformer_jax.data.tokenizer_io import tokenizers_from_json
-from transformer_jax.nn.config import TransformerConfig, config_from_json
+from transformer_jax.config import make_task
+from transformer_jax.data.processors import processors_from_json
 from transformer_jax.train.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -24,34 +24,10 @@ from transformer_jax.train.checkpoint import (
 @dataclasses.dataclass
 class Loaded:
     params: Any
-    model_config: TransformerConfig
-    src_tokenizer: Any
-    tgt_tokenizer: Any
+    model_config: Any
+    processors: dict[str, Any]
     run_config: ml_collections.ConfigDict
     step: int
-
-    @property
-    def decode_settings(self) -> dict[str, Any]:
-        return decode_settings(self.run_config)
-
-
-def decode_settings(run_config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """A run config's decoding settings, as `TranslationPipeline` fields.
-
-    Keys an older run config lacks take their defaults (the paper's GNMT scoring).
-    """
-    d = run_config.decode
-    return {
-        "beam_size": d.beam_size,
-        "alpha": d.alpha,
-        "length_penalty_type": d.get("length_penalty_type", "gnmt"),
-        "length_penalty": d.get("length_penalty", 1.0),
-        "early_stopping": d.get("early_stopping", "false"),
-        "forced_eos": d.get("forced_eos", False),
-        "extra_length": d.extra_length,
-        "max_decode_len": d.max_decode_len,
-        "max_source_len": run_config.data.max_length,
-    }
 
 
 def open_checkpoints(workdir: str, averaged: bool = False) -> Checkpointer:
@@ -67,7 +43,7 @@ def open_checkpoints(workdir: str, averaged: bool = False) -> Checkpointer:
 
 
 def load_for_inference(workdir: str, *, step: int | None = None, averaged: bool = False) -> Loaded:
-    """Params (as saved, on the default device), configs and tokenizers of one step.
+    """Params (as saved, on the default device), configs and processors of one step.
 
     Every item is verified against the step's checksums. Without `step`, a damaged
     step (`checkpoint.damage_evidence`) is skipped with a message for the one
@@ -82,10 +58,12 @@ def load_for_inference(workdir: str, *, step: int | None = None, averaged: bool 
         for i, candidate in enumerate(candidates):
             try:
                 meta = ckpt.restore_meta(candidate)
-                src, tgt = ckpt.decode(
-                    candidate, "tokenizer", tokenizers_from_json, meta["tokenizer"]
+                # The run's task reads its model config (and registers its processor types).
+                task = make_task(ml_collections.ConfigDict(meta["config"]))
+                processors = ckpt.decode(
+                    candidate, "tokenizer", processors_from_json, meta["tokenizer"]
                 )
-                model_config = ckpt.decode(candidate, "model", config_from_json, meta["model"])
+                model_config = ckpt.decode(candidate, "model", task.config_from_json, meta["model"])
                 state = ckpt.restore_state_on_host(candidate)
                 break
             except DamagedCheckpoint as e:
@@ -102,4 +80,4 @@ def load_for_inference(workdir: str, *, step: int | None = None, averaged: bool 
     # Uncommitted arrays (from host copies): jitted eval/decoding may place them on any
     # mesh, rather than failing on params pinned to the one device they were read onto.
     params = jax.tree.map(lambda x: jax.numpy.asarray(np.asarray(x)), state["params"])
-    return Loaded(params, model_config, src, tgt, cfg, candidate)
+    return Loaded(params, model_config, processors, cfg, candidate)

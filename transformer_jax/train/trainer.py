@@ -2,15 +2,14 @@
 
     state, metrics = train_step(state, batch)
 
-Every task (translation now; classification, generation, multimodal next)
-plugs in through `transformer_jax.train.tasks.Task`.
+Every task plugs in through `transformer_jax.train.task.Task`; the trainer
+never looks inside a batch or a model config beyond what that protocol gives.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-import types
 from typing import Any
 
 import flax
@@ -21,9 +20,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from transformer_jax.config import ConfigError
-from transformer_jax.data.tokenizer_io import tokenizers_from_json, tokenizers_to_json
-from transformer_jax.nn.config import TransformerConfig, config_from_json, config_to_json
+from transformer_jax.config import make_task
+from transformer_jax.data.processors import processors_from_json, processors_to_json
 from transformer_jax.train import paths
 from transformer_jax.train import sharding as shd
 from transformer_jax.train.checkpoint import (
@@ -45,7 +43,7 @@ from transformer_jax.train.evaluation import (  # noqa: F401  (re-exported)
 from transformer_jax.train.metrics import MetricsWriter, Progress, log
 from transformer_jax.train.optim import make_optimizer, make_schedule
 from transformer_jax.train.preemption import Preempted, StopSignal
-from transformer_jax.train.tasks import Task, make_task
+from transformer_jax.train.task import Task
 from transformer_jax.train.workdir import WorkdirLock, check_finished_run
 from transformer_jax.train.workdir import record_config as record_run_config
 
@@ -108,6 +106,7 @@ def train_step(
         return metrics["loss_sum"], metrics
 
     grad_fn = jax.grad(objective, has_aux=True)
+    tokens, _ = task.batch_counts(batch, model.config)
     if accum_steps == 1:
         grads, metrics = grad_fn(state.params, batch, rng)
     else:
@@ -144,6 +143,7 @@ def train_step(
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     metrics = dict(
         metrics,
+        tokens=tokens,
         grad_norm=jnp.where(finite, grad_norm, 0.0),
         nonfinite=1.0 - finite.astype(jnp.float32),
     )
@@ -208,26 +208,23 @@ class Setup:
             if not for_training:
                 raise CheckpointError(f"no checkpoint in {self.ckpt.directory}: train first")
             log("training the tokenizer on the training split ...")
-            self.src_tok, self.tgt_tok = self.task.make_tokenizers(self.workdir)
+            self.processors = self.task.make_processors(self.workdir)
             self._build(None)
 
     def _check_model_settings(self) -> None:
-        """Builds the model from the run config alone (a stand-in vocabulary): a dry run."""
-        stand_in = types.SimpleNamespace(
-            vocab_size=self.cfg.tokenizer.vocab_size, pad_id=0, eos_id=1, bos_id=2
-        )
-        self.task.build_model(self.task.model_config(stand_in, stand_in))
+        """Builds the model from the run config alone: a dry run."""
+        self.task.check_model_settings()
 
     def _build(self, saved_model: dict | None) -> None:
-        config = self.task.model_config(self.src_tok, self.tgt_tok)
+        config = self.task.model_config(self.processors)
         if saved_model is not None:
-            _check_same_model(saved_model, config_to_json(config), self.ckpt)
+            _check_same_model(saved_model, self.task.config_to_json(config), self.ckpt)
         self._set_model(config)
 
     def _set_model(self, config) -> None:
         """The model config and everything derived from it."""
         self.model_config = config
-        self.tx = make_optimizer(self.cfg.optimizer, config.d_model)
+        self.tx = make_optimizer(self.cfg.optimizer, config.d_model, self.cfg.train.num_steps)
         self.model = self.task.build_model(config)
         self.train_model = self.task.build_model(config.replace(deterministic=False))
         self._abstract = None
@@ -235,15 +232,16 @@ class Setup:
     def _load(self, step: int, for_training: bool) -> None:
         """Reads one step completely (metadata and state); raises if anything is unreadable."""
         meta = self.ckpt.restore_meta(step)
-        self.src_tok, self.tgt_tok = self.ckpt.decode(
-            step, "tokenizer", tokenizers_from_json, meta["tokenizer"]
+        self.processors = self.ckpt.decode(
+            step, "tokenizer", processors_from_json, meta["tokenizer"]
         )
         imported = not meta.get("data")  # written by `tjax import-hf`: no optimizer, no data
         self.arch_from_checkpoint = imported or bool(
             meta["data"].get("architecture_from_checkpoint")
         )
         if self.arch_from_checkpoint:
-            self._build_from_saved(self.ckpt.decode(step, "model", config_from_json, meta["model"]))
+            saved = self.ckpt.decode(step, "model", self.task.config_from_json, meta["model"])
+            self._set_model(self.task.model_config_from_saved(saved))
         else:
             self._build(meta["model"])
         if imported:
@@ -252,21 +250,6 @@ class Setup:
             _, abstract, _ = self.abstract_state()
             self.restored_state = self.ckpt.restore_state(step, abstract)
         self.meta, self.step = meta, step
-
-    def _build_from_saved(self, saved: TransformerConfig) -> None:
-        """Architecture from the checkpoint (an imported model), training knobs from the config."""
-        m = self.cfg.model
-        try:
-            config = saved.replace(
-                dropout_rate=m.dropout_rate,
-                dtype=jnp.dtype(m.dtype),
-                remat=m.remat,
-                attention_impl=m.attention_impl,
-                max_position=max(saved.max_position, self.cfg.data.max_length),
-            )
-        except ValueError as e:  # a bad training knob: the config's, not the checkpoint's
-            raise ConfigError(str(e)) from None
-        self._set_model(config)
 
     def _load_imported(self, step: int) -> None:
         """Imported weights into the configured shardings, with a fresh optimizer state."""
@@ -297,7 +280,7 @@ class Setup:
         return self._abstract
 
     def _trace_state(self):
-        batch = self.task.dummy_batch(self.model_config)
+        batch = self.task.example_batch(self.model_config)
 
         def init(rng):
             variables = self.task.init_variables(self.model, rng, batch)
@@ -337,8 +320,8 @@ class Setup:
                 **(extra_data or {}),
             ),
             config=self.cfg.to_dict(),
-            model=config_to_json(self.model_config),
-            tokenizer=tokenizers_to_json(self.src_tok, self.tgt_tok),
+            model=self.task.config_to_json(self.model_config),
+            tokenizer=processors_to_json(self.processors),
             force=force,
         )
 
@@ -366,6 +349,29 @@ def _check_same_model(saved: dict, current: dict, ckpt: Checkpointer) -> None:
             f"the checkpoint in {ckpt.directory} is a different model ({'; '.join(diff)}); "
             "use a fresh --workdir or the original config"
         )
+
+
+def _flops_counter(task: Task, config):
+    """batch -> the task's model FLOPs for it, from shapes alone (no device work)."""
+    known: dict[Any, float] = {}
+
+    def count(batch) -> float:
+        key = tuple((k, v.shape) for k, v in sorted(batch.items()))
+        if key not in known:
+            found = []
+
+            def counts(b):
+                tokens, flops = task.batch_counts(b, config)
+                found.append(float(flops))
+                return tokens
+
+            jax.eval_shape(
+                counts, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+            )
+            known[key] = found[0]
+        return known[key]
+
+    return count
 
 
 def _data_meta(data_state: str) -> dict[str, Any]:
@@ -458,9 +464,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
         f"{_starting_point(setup, start)}"
     )
 
-    ds = setup.task.train_dataset(
-        setup.src_tok, setup.tgt_tok, jax.process_index(), jax.process_count()
-    )
+    ds = setup.task.train_dataset(setup.processors, jax.process_index(), jax.process_count())
     it = iter(ds)
     if setup.meta is not None and setup.meta.get("data"):
         restore_iterator_state(it, _data_state_of_this_process(setup.meta["data"]))
@@ -480,14 +484,15 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
         out_shardings=(state_shardings, shd.replicated(setup.mesh)),
         donate_argnums=(0,),  # the old state's buffers are reused for the new one
     )
-    schedule = make_schedule(cfg.optimizer, setup.model_config.d_model)
+    batch_flops = _flops_counter(setup.task, setup.model_config)
+    schedule = make_schedule(cfg.optimizer, setup.model_config.d_model, tc.num_steps)
     peak, peak_source = flops_lib.device_peak_flops()
     on_cpu = jax.devices()[0].platform == "cpu"
     n_chips = jax.process_count() if on_cpu else jax.device_count()
     writer = MetricsWriter(setup.workdir)
     progress = Progress(tc.num_steps, start, enabled=tc.progress)
     pending: list[dict[str, Any]] = []
-    shapes: list[tuple[int, int, int]] = []
+    step_flops: list[float] = []  # model FLOPs of each pending step's batch
     last: dict[str, Any] = {}
     # Skipped steps so far; the checkpoints keep them, so the count goes on after a resume.
     saved_data = (setup.meta or {}).get("data") or {}
@@ -517,7 +522,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
 
     def flush() -> None:
         """Reads the pending steps' metrics; enforces the non-finite policy."""
-        nonlocal pending, shapes, skipped, t_log
+        nonlocal pending, step_flops, skipped, t_log
         if not pending:
             return
         progress.follow(step, pending)  # the bar advances while the device catches up
@@ -537,10 +542,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
         elapsed = time.perf_counter() - t_log
         step_time = elapsed / len(host)
         tokens = summary.pop("tokens") / len(good)
-        fl = sum(
-            flops_lib.encoder_decoder_flops(setup.model_config, b, s_len, t_len)
-            for b, s_len, t_len in shapes
-        ) / max(len(shapes), 1)
+        fl = sum(step_flops) / max(len(step_flops), 1)
         summary.update(
             learning_rate=float(schedule(step - 1)),
             skipped_steps=skipped,
@@ -553,7 +555,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
         progress.update(step, tokens, {"loss": summary["loss"], "mfu": summary["mfu"]})
         if bad:
             log(f"skipped {len(bad)} step(s) with a non-finite loss, gradient or update: {bad}")
-        pending, shapes, t_log = [], [], time.perf_counter()
+        pending, step_flops, t_log = [], [], time.perf_counter()
 
     def save() -> None:
         nonlocal last_good
@@ -586,9 +588,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
                 # the device runs this step; metrics are read only at log time.
                 state, metrics = step_fn(state, batch)
                 pending.append(metrics)
-                shapes.append(
-                    (batch["inputs"].shape[0], batch["inputs"].shape[1], batch["targets"].shape[1])
-                )
+                step_flops.append(batch_flops(batch))
                 step += 1
                 progress.tick(step, pending)
                 at_log = step % tc.log_every == 0 or step == tc.num_steps
@@ -611,7 +611,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
                         cfg.data.eval_split,
                         writer,
                         step,
-                        bleu_limit=cfg.decode.bleu_examples,
+                        limit=None,  # each evaluator's configured default
                     )
                     progress.reset_clock(step)
                     t_log = time.perf_counter()

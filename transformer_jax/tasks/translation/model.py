@@ -17,7 +17,7 @@ from transformer_jax.nn.transformer import (
 
 # A final-logits bias this low gives a token probability 0 in float32 whatever the
 # other logits (exp underflows): the model can never emit it. Imports ban tokens
-# with -1e9 (see convert.marian.BANNED_LOGIT), far below.
+# with -1e9 (see tasks.translation.marian.BANNED_LOGIT), far below.
 BANNED_BELOW = -1.0e4
 
 

@@ -1,6 +1,6 @@
 """Marian translation models (Hugging Face `MarianMTModel` checkpoints) in this stack.
 
-    from transformer_jax.convert.marian import import_marian
+    from transformer_jax.tasks.translation.marian import import_marian
     import_marian("opus-mt-en-de", "runs/opus-en-de")
     TranslationPipeline.from_workdir("runs/opus-en-de")(["Hello world."])
 
@@ -30,6 +30,7 @@ import numpy as np
 import sentencepiece as spm
 
 from transformer_jax.convert.safetensors_io import read_safetensors_dir
+from transformer_jax.data.processors import register_processor
 
 SPIECE_UNDERLINE = "\u2581"
 # Added to the final-logits bias of tokens that generation must never produce
@@ -173,6 +174,7 @@ class MarianTokenizer:
         )
         self.separate_vocabs = target_vocab is not None
         self.specials = specials
+        self.source.bundle = self.target.bundle = self  # stored with the pair
 
     @classmethod
     def from_dir(cls, src_dir: str) -> MarianTokenizer:
@@ -468,7 +470,7 @@ def _expected_shapes(cfg) -> dict[tuple[str, ...], tuple[int, ...]]:
     import jax
     import jax.numpy as jnp
 
-    from transformer_jax.models.translation import EncoderDecoder
+    from transformer_jax.tasks.translation.model import EncoderDecoder
 
     model = EncoderDecoder(cfg)
     ids = jnp.ones((1, 2), jnp.int32)
@@ -663,7 +665,8 @@ def _forced_eos(gen: dict[str, Any], eos_id: int) -> bool:
 
 
 def _run_config(cfg, gen: dict[str, Any], vocab_size: int):
-    from transformer_jax.config import translation_base, validate
+    from transformer_jax.config import validate
+    from transformer_jax.tasks.translation.config import translation_base
 
     run = translation_base()
     run.data.max_length = cfg.max_position
@@ -770,3 +773,24 @@ def import_marian(src_dir: str, workdir: str) -> dict[str, Any]:
         "decode": dict(run.decode.to_dict()),
         "banned_tokens": banned,
     }
+
+
+# ---------------------------------------------------------------------------------------
+# Stored with checkpoints
+# ---------------------------------------------------------------------------------------
+
+
+def _side_to_json(side: MarianSideTokenizer) -> dict[str, Any]:
+    pair = side.bundle
+    return {"side": "source" if side is pair.source else "target", "pair": pair.to_json()}
+
+
+def _side_from_json(blob: dict[str, Any]) -> MarianSideTokenizer:
+    if blob.get("side") not in ("source", "target"):
+        raise ValueError(f"Marian tokenizer blob: side {blob.get('side')!r}")
+    return getattr(MarianTokenizer.from_json(blob["pair"]), blob["side"])
+
+
+# "marian": the pair, as checkpoints written before processors had names hold it.
+register_processor("marian", MarianTokenizer, MarianTokenizer.to_json, MarianTokenizer.from_json)
+register_processor("marian_side", MarianSideTokenizer, _side_to_json, _side_from_json)

@@ -10,8 +10,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from transformer_jax.decode.search import beam_search, greedy_search
-from transformer_jax.models.translation import EncoderDecoder
 from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.tasks.translation.model import EncoderDecoder
 
 
 @functools.partial(

@@ -1,0 +1,195 @@
+"""Model-agnostic cached decoding: prefill a batch of prompts in one call, then step.
+
+The model side supplies two callables (e.g. ``transformer_jax.nn.lm.cached_decoding_fns``):
+
+    prefill(params, cache, tokens_BT, positions_BT, segment_ids_BT[, prefix_BT])
+        -> (logits_BTV, cache)
+    step(params, cache, tokens_B1, positions_B1) -> (logits_B1V, cache)
+
+Both append their tokens to the cache, each with its own position; segment id 0 marks a
+padded slot that no later token may attend to. Nothing here knows the model family.
+
+Prompts come as one ``[B, T]`` array with a mask (nonzero = real token). Rows may be
+left-padded (real tokens last), right-padded (real tokens first), or both: positions
+count each row's real tokens only, so a row decodes exactly as its prompt alone would.
+Every prompt needs at least one real token. The cache must hold ``T + max_new_tokens - 1``
+slots per row (the last generated token is never fed back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from transformer_jax.decode.search import beam_search, greedy_search
+
+PyTree = Any
+PrefillFn = Callable[..., tuple[jax.Array, PyTree]]
+StepFn = Callable[[PyTree, PyTree, jax.Array, jax.Array], tuple[jax.Array, PyTree]]
+
+__all__ = [
+    "Prefilled",
+    "PromptLayout",
+    "beam_generate",
+    "generate",
+    "prefill_prompts",
+    "prompt_layout",
+]
+
+
+class PromptLayout(NamedTuple):
+    positions: jax.Array  # int32[B, T]: 0, 1, ... over each row's real tokens
+    segment_ids: jax.Array  # int32[B, T]: 1 = real token, 0 = padding
+    lengths: jax.Array  # int32[B]: real tokens per row (= the next position)
+    last_index: jax.Array  # int32[B]: column of each row's last real token
+
+
+class Prefilled(NamedTuple):
+    logits: jax.Array  # float32[B, V]: next-token logits after each prompt
+    cache: PyTree
+    next_positions: jax.Array  # int32[B]
+
+
+def prompt_layout(prompt_mask_BT: jax.Array) -> PromptLayout:
+    """Positions, segment ids, lengths and last real column of padded prompts."""
+    real_BT = jnp.asarray(prompt_mask_BT) != 0
+    count_BT = jnp.cumsum(real_BT.astype(jnp.int32), axis=1)
+    positions_BT = jnp.maximum(count_BT - 1, 0)
+    T = real_BT.shape[1]
+    columns_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), real_BT.shape)
+    last_B = jnp.max(jnp.where(real_BT, columns_BT, 0), axis=1)
+    return PromptLayout(positions_BT, real_BT.astype(jnp.int32), count_BT[:, -1], last_B)
+
+
+def prefill_prompts(
+    prefill: PrefillFn,
+    params: PyTree,
+    cache: PyTree,
+    prompts_BT: jax.Array,
+    prompt_mask_BT: jax.Array,
+    *,
+    prefix_lengths: jax.Array | None = None,
+) -> Prefilled:
+    """Runs every prompt through the model in one call.
+
+    ``prefix_lengths`` (``int[B]``, prefix-LM) makes each row's first real tokens attend
+    bidirectionally; the prefill callable then receives ``prefix_BT`` as well.
+    """
+    layout = prompt_layout(prompt_mask_BT)
+    extra = ()
+    if prefix_lengths is not None:
+        prefix_B1 = jnp.asarray(prefix_lengths, jnp.int32).reshape(-1, 1)
+        extra = ((layout.positions < prefix_B1) & (layout.segment_ids != 0),)
+    logits_BTV, cache = prefill(
+        params, cache, prompts_BT, layout.positions, layout.segment_ids, *extra
+    )
+    last_B11 = layout.last_index[:, None, None]
+    logits_BV = jnp.take_along_axis(logits_BTV, last_B11, axis=1)[:, 0, :]
+    return Prefilled(logits_BV.astype(jnp.float32), cache, layout.lengths)
+
+
+def generate(
+    prefill: PrefillFn,
+    step: StepFn,
+    params: PyTree,
+    cache: PyTree,
+    prompts_BT: jax.Array,
+    prompt_mask_BT: jax.Array,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    max_lengths: jax.Array | None = None,
+    temperature: float | jax.Array = 0.0,
+    top_k: int = 0,
+    top_p: float | jax.Array = 1.0,
+    rng: jax.Array | None = None,
+    prefix_lengths: jax.Array | None = None,
+    forced_eos: bool = False,
+    banned_ids: Sequence[int] = (),
+) -> jax.Array:
+    """Continuations ``int32[B, max_new_tokens]`` of padded prompts: greedy or sampled.
+
+    Greedy at ``temperature`` 0, else sampling with ``top_k``/``top_p`` (needs ``rng``).
+    Rows end after ``eos_id`` (kept) or ``max_lengths[b]`` tokens, then hold
+    ``search.PAD_ID``. Jittable with the callables and static options closed over.
+    """
+    first = prefill_prompts(
+        prefill, params, cache, prompts_BT, prompt_mask_BT, prefix_lengths=prefix_lengths
+    )
+    tokens_to_logits, state = _stepper(step, params, first)
+    return greedy_search(
+        tokens_to_logits,
+        state,
+        batch_size=prompts_BT.shape[0],
+        max_decode_len=max_new_tokens,
+        start_id=0,  # unused: the first token comes from the prefill logits
+        eos_id=eos_id,
+        max_lengths=max_lengths,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        rng=rng,
+        forced_eos=forced_eos,
+        banned_ids=banned_ids,
+        initial_logits=first.logits,
+    )
+
+
+def beam_generate(
+    prefill: PrefillFn,
+    step: StepFn,
+    params: PyTree,
+    cache: PyTree,
+    prompts_BT: jax.Array,
+    prompt_mask_BT: jax.Array,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+    length_penalty_type: str = "gnmt",
+    early_stopping: str = "false",
+    max_lengths: jax.Array | None = None,
+    prefix_lengths: jax.Array | None = None,
+    forced_eos: bool = False,
+    banned_ids: Sequence[int] = (),
+) -> tuple[jax.Array, jax.Array]:
+    """Beam search over padded prompts: ``(int32[B, K, max_new_tokens], float32[B, K])``.
+
+    The prompts are prefilled once (batch ``B``), then the cache is copied to the beams;
+    scoring options are those of ``search.beam_search``.
+    """
+    first = prefill_prompts(
+        prefill, params, cache, prompts_BT, prompt_mask_BT, prefix_lengths=prefix_lengths
+    )
+    tokens_to_logits, state = _stepper(step, params, first)
+    return beam_search(
+        tokens_to_logits,
+        state,
+        batch_size=prompts_BT.shape[0],
+        beam_size=beam_size,
+        alpha=alpha,
+        max_decode_len=max_new_tokens,
+        start_id=0,  # unused: the first tokens come from the prefill logits
+        eos_id=eos_id,
+        max_lengths=max_lengths,
+        length_penalty_type=length_penalty_type,
+        early_stopping=early_stopping,
+        forced_eos=forced_eos,
+        banned_ids=banned_ids,
+        initial_logits=first.logits,
+    )
+
+
+def _stepper(step: StepFn, params: PyTree, first: Prefilled):
+    """A ``search`` step function over ``{"cache", "positions"}`` and its initial state."""
+
+    def tokens_to_logits(ids_B1: jax.Array, state: dict) -> tuple[jax.Array, dict]:
+        positions_B = state["positions"]
+        logits, model_cache = step(params, state["cache"], ids_B1, positions_B[:, None])
+        return logits, {"cache": model_cache, "positions": positions_B + 1}
+
+    return tokens_to_logits, {"cache": first.cache, "positions": first.next_positions}
