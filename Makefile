@@ -32,6 +32,7 @@ demo: $(CORE_STAMP)
 lint: install
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format $(SOURCES)

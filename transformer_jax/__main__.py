@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--loss-batches", type=int, default=0, help="0 = the whole split")
     e.set_defaults(fn=cmd_eval)
 
-    from transformer_jax.tasks import get_task_class, known_tasks
+    from transformer_jax.train.task import get_task_class, known_tasks
 
     for name in known_tasks():  # each task's own verbs, e.g. `translate`
         get_task_class(name).add_cli(sub)

@@ -81,6 +81,15 @@ def base() -> ml_collections.ConfigDict:
     c.train.grad_accum_steps = 1  # micro-batches per update (same update as one big batch)
     c.train.on_nonfinite = "stop"  # "stop" | "skip": a NaN/inf loss or gradient
     c.train.inject_nonfinite_step = -1  # fault drill: make this step's gradient NaN
+    # A new run's parameters from another checkpoint, matched by path name and shape:
+    # a workdir (another run's, or one written by `tjax import-hf`) or its checkpoints
+    # folder; "" = none. Ignored once the run has a checkpoint of its own.
+    c.train.init_from = ""
+    c.train.init_from_step = -1  # -1 = its latest good checkpoint
+    # Regexes searched in parameter path names (e.g. "encoder/"): only `trainable`
+    # ones train ("" = all), `frozen` ones ("" = none) get no updates.
+    c.train.trainable = ""
+    c.train.frozen = ""
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = all remaining devices
@@ -164,7 +173,7 @@ def _run_get_config(module, path: str) -> ml_collections.ConfigDict:
 
 def task_class(cfg: ml_collections.ConfigDict):
     """The Task class a run config names (`task`; a config without one is a translation run)."""
-    from transformer_jax.tasks import get_task_class
+    from transformer_jax.train.task import get_task_class
 
     name = _get(cfg, "task")
     return get_task_class("translation" if name is _MISSING else name)
@@ -287,6 +296,16 @@ def _type_name(value: Any) -> str:
     return "float" if isinstance(value, float) else type(value).__name__
 
 
+def _is_regex(value: Any) -> bool:
+    import re
+
+    try:
+        re.compile(value)
+    except (re.error, TypeError):
+        return False
+    return True
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Checks every key a user can set (type, range, choice); each error names the key.
 
@@ -377,6 +396,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         need(f"train.{key}", at_least(1), "must be >= 1")
     need("train.eval_batches", at_least(0), "must be >= 0 (0 = the whole split)")
     need("train.inject_nonfinite_step", at_least(-1), "must be >= 0, or -1 (off)")
+    need("train.init_from_step", at_least(-1), "must be >= 0, or -1 (the latest)")
+    for key in ("train.trainable", "train.frozen"):
+        need(key, _is_regex, "is not a valid regular expression")
 
     for axis in ("data", "fsdp", "tensor", "sequence"):
         need(f"mesh.{axis}", lambda v: v >= 1 or v == -1, "must be >= 1, or -1 (the rest)")

@@ -306,7 +306,7 @@ def tree_checksums(tree) -> dict[str, dict[str, Any]]:
     out = {}
     for (path, x), row in zip(flat, sums):
         dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
-        out[_path_name(path)] = {
+        out[path_name(path)] = {
             "shape": list(np.shape(x)),
             "dtype": np.dtype(jax.dtypes.canonicalize_dtype(dtype)).name,
             "hash": f"{int(row[0]):08x}{int(row[1]):08x}",
@@ -324,7 +324,7 @@ def json_checksum(value: Any) -> str:
 # -- the checkpointer -----------------------------------------------------------------------
 
 
-def _path_name(path) -> str:
+def path_name(path) -> str:
     """`opt_state/0/0/mu/...`: the same for a dataclass or namedtuple and its saved dict/list."""
     parts = []
     for k in path:
@@ -335,6 +335,15 @@ def _path_name(path) -> str:
         else:
             parts.append(str(k))
     return "/".join(parts)
+
+
+_path_name = path_name
+
+
+def has_train_state(meta: dict[str, Any]) -> bool:
+    """False for a step holding parameters alone (no optimizer or data position), e.g.
+    one written by `tjax import-hf`: a run starts from it rather than resuming it."""
+    return bool(meta.get("data"))
 
 
 def checkpoint_dir(workdir: str, averaged: bool = False) -> str:
@@ -529,7 +538,7 @@ class Checkpointer:
             raise DamagedCheckpoint(step, self.directory, "its state metadata is unreadable")
         flat = jax.tree_util.tree_flatten_with_path(meta)[0]
         return {
-            _path_name(p): (tuple(getattr(v, "shape", ())), getattr(v, "dtype", None))
+            path_name(p): (tuple(getattr(v, "shape", ())), getattr(v, "dtype", None))
             for p, v in flat
         }
 
@@ -546,7 +555,7 @@ class Checkpointer:
         flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
         targets = []
         for p, v in flat:
-            path = _path_name(p)
+            path = path_name(p)
             if path not in saved:
                 raise CheckpointError(
                     f"checkpoint step {step} in {self.directory} has no {path}: "

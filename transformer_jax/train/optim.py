@@ -6,6 +6,7 @@ so update n uses step n + 1 (the step the trainer logs).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -145,3 +146,53 @@ def make_optimizer(
     else:
         parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))
     return optax.chain(*parts)
+
+
+class FreezeError(ValueError):
+    """A `train.trainable` / `train.frozen` pattern that selects no parameter (one line)."""
+
+
+def trainable_labels(trainable: str, frozen: str) -> Callable[[Any], Any]:
+    """params -> a tree of "train" / "frozen" labels, from regexes searched in each
+    parameter's path name (`encoder/layers_0/attention/query/kernel`).
+
+    `trainable` ("" = every parameter) selects what trains, `frozen` ("" = none) is
+    taken out of it. Works on plain and on boxed parameter trees.
+    """
+    keep = re.compile(trainable) if trainable else None
+    drop = re.compile(frozen) if frozen else None
+
+    def labels(params):
+        names = []
+
+        def leaf(path, _):
+            name = "/".join(_key_name(k) for k in path)
+            names.append(name)
+            if keep is not None and not keep.search(name):
+                return "frozen"
+            return "frozen" if drop is not None and drop.search(name) else "train"
+
+        out = jax.tree_util.tree_map_with_path(
+            leaf, params, is_leaf=lambda x: isinstance(x, meta.AxisMetadata)
+        )
+        for key, rx in (("train.trainable", keep), ("train.frozen", drop)):
+            if rx is not None and not any(rx.search(n) for n in names):
+                raise FreezeError(
+                    f"config key '{key}'={rx.pattern!r} matches no parameter "
+                    f"(names look like {names[0] if names else '?'})"
+                )
+        return out
+
+    return labels
+
+
+def with_frozen(
+    tx: optax.GradientTransformation, trainable: str = "", frozen: str = ""
+) -> optax.GradientTransformation:
+    """`tx` on the trainable parameters only; the frozen ones get zero updates (and no
+    optimizer state), so they keep their exact values. Without patterns: `tx` itself."""
+    if not trainable and not frozen:
+        return tx
+    return optax.multi_transform(
+        {"train": tx, "frozen": optax.set_to_zero()}, trainable_labels(trainable, frozen)
+    )

@@ -6,11 +6,15 @@ evaluators, which inference pipeline and which CLI verb. The trainer owns
 everything else (sharding, the step, checkpoints, logging, evaluation runs)
 and never looks inside a batch.
 
-Tasks are found by `cfg.task`, through the task registry above this layer.
+Tasks are found by `cfg.task` through the registry at the end of this module: a
+registered name, or an import path "package.module:ClassName" (so a task defined
+elsewhere, e.g. in a test, plugs in without touching this package). A task's module
+is imported only when a run asks for it, so this layer never imports a task.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import flax.linen as nn
@@ -161,3 +165,40 @@ class Task:
     @classmethod
     def add_cli(cls, subparsers) -> None:
         """Adds this task's `tjax` verb(s) (e.g. `translate`) to the CLI's subparsers."""
+
+
+# -- the registry ------------------------------------------------------------------------
+
+TASKS: dict[str, str] = {
+    "translation": "transformer_jax.tasks.translation.task:TranslationTask",
+}
+
+
+def known_tasks() -> list[str]:
+    return sorted(TASKS)
+
+
+def get_task_class(name: str) -> type[Task]:
+    """The Task class of a registered name or of an import path "package.module:ClassName"."""
+    from transformer_jax.config import ConfigError
+
+    listed = ", ".join(known_tasks())
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"config key 'task'={name!r}: choose one of {listed}")
+    path = TASKS.get(name, name)
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        raise ConfigError(
+            f"config key 'task'={name!r}: choose one of {listed}, "
+            "or give an import path package.module:ClassName"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(
+            f"config key 'task'={name!r}: cannot import {module_name} ({e})"
+        ) from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(f"config key 'task'={name!r}: {path} is not a Task class")
+    return cls

@@ -27,10 +27,8 @@ from transformer_jax.train import sharding as shd
 from transformer_jax.train.checkpoint import (
     Checkpointer,
     CheckpointError,
-    DamagedCheckpoint,
     checkpoint_dir,
-    quarantine,
-    steps_to_try,
+    has_train_state,
 )
 from transformer_jax.train.evaluation import (  # noqa: F401  (re-exported)
     MeshContext,
@@ -41,8 +39,9 @@ from transformer_jax.train.evaluation import (  # noqa: F401  (re-exported)
     summarize,
 )
 from transformer_jax.train.metrics import MetricsWriter, Progress, log
-from transformer_jax.train.optim import make_optimizer, make_schedule
+from transformer_jax.train.optim import make_optimizer, make_schedule, with_frozen
 from transformer_jax.train.preemption import Preempted, StopSignal
+from transformer_jax.train.restore import init_source, match_params, restore_latest_good
 from transformer_jax.train.task import Task
 from transformer_jax.train.workdir import WorkdirLock, check_finished_run
 from transformer_jax.train.workdir import record_config as record_run_config
@@ -183,30 +182,39 @@ class Setup:
         self.mesh = shd.make_mesh(cfg.mesh)
         self.rules = shd.rules_for(cfg.mesh.rules)
         self.restored_state = None
-        self.meta = None
+        self.meta = None  # of the step read from this workdir (None: a new run)
         self.step = None
+        self.resumed = False  # the step holds this run's own train state
+        # Where a new run's parameters came from: (checkpoint folder, step, `Matched`).
+        self.init_from: tuple[str, int, Any] | None = None
         # A bad setting is reported as such before any checkpoint is read: only
         # evidence of damage (`DamagedCheckpoint`) ever sets a step aside below.
         self._check_model_settings()
-        candidates = steps_to_try(self.ckpt, step)
-        for i, candidate in enumerate(candidates):
+        found = restore_latest_good(
+            self.ckpt,
+            lambda s: self._load(s, self.ckpt),
+            step=step,
+            training_workdir=self.workdir if for_training else None,
+        )
+        self.damaged = found.damaged
+        if found.step is not None:
+            self.step = found.step
+            if self.resumed and cfg.train.get("init_from"):
+                log(f"train.init_from is ignored: the run resumes from its step {found.step}")
+        elif not for_training:
+            raise CheckpointError(f"no checkpoint in {self.ckpt.directory}: train first")
+        elif cfg.train.get("init_from"):
+            source = init_source(cfg.train.init_from)
             try:
-                self._load(candidate, for_training)
-                break
-            except DamagedCheckpoint as e:  # see checkpoint.damage_evidence
-                if step is not None:
-                    raise
-                older = candidates[i + 1] if i + 1 < len(candidates) else None
-                log(
-                    f"checkpoint step {candidate} is damaged ({e.reason}); "
-                    + (f"falling back to step {older}" if older is not None else "starting over")
+                asked = cfg.train.get("init_from_step", -1)
+                restore_latest_good(
+                    source,
+                    lambda s: self._load(s, source),
+                    step=None if asked < 0 else asked,
                 )
-                self.damaged.append(candidate)
-                if for_training:
-                    quarantine(self.ckpt, candidate, self.workdir)
-        if self.meta is None:
-            if not for_training:
-                raise CheckpointError(f"no checkpoint in {self.ckpt.directory}: train first")
+            finally:
+                source.close()
+        else:
             log("training the tokenizer on the training split ...")
             self.processors = self.task.make_processors(self.workdir)
             self._build(None)
@@ -224,50 +232,87 @@ class Setup:
     def _set_model(self, config) -> None:
         """The model config and everything derived from it."""
         self.model_config = config
-        self.tx = make_optimizer(self.cfg.optimizer, config.d_model, self.cfg.train.num_steps)
+        tc = self.cfg.train
+        self.tx = with_frozen(
+            make_optimizer(self.cfg.optimizer, config.d_model, tc.num_steps),
+            tc.get("trainable", ""),
+            tc.get("frozen", ""),
+        )
         self.model = self.task.build_model(config)
         self.train_model = self.task.build_model(config.replace(deterministic=False))
         self._abstract = None
 
-    def _load(self, step: int, for_training: bool) -> None:
-        """Reads one step completely (metadata and state); raises if anything is unreadable."""
-        meta = self.ckpt.restore_meta(step)
-        self.processors = self.ckpt.decode(
-            step, "tokenizer", processors_from_json, meta["tokenizer"]
-        )
-        imported = not meta.get("data")  # written by `tjax import-hf`: no optimizer, no data
-        self.arch_from_checkpoint = imported or bool(
-            meta["data"].get("architecture_from_checkpoint")
+    def _load(self, step: int, ckpt: Checkpointer) -> None:
+        """Reads one step completely (metadata and state); raises if anything is unreadable.
+
+        A step of this run's own (with its train state) is resumed. A step of
+        parameters alone (`tjax import-hf` writes one into the workdir), or any step
+        of `train.init_from`, starts a new run: see `_start_from`.
+        """
+        meta = ckpt.restore_meta(step)
+        processors = ckpt.decode(step, "tokenizer", processors_from_json, meta["tokenizer"])
+        own = ckpt is self.ckpt
+        if own and has_train_state(meta):
+            self.processors = processors
+            self.arch_from_checkpoint = bool(meta["data"].get("architecture_from_checkpoint"))
+            if self.arch_from_checkpoint:
+                saved = ckpt.decode(step, "model", self.task.config_from_json, meta["model"])
+                self._set_model(self.task.model_config_from_saved(saved))
+            else:
+                self._build(meta["model"])
+            _, abstract, _ = self.abstract_state()
+            self.restored_state = ckpt.restore_state(step, abstract)
+            self.resumed = True
+        else:
+            self._start_from(ckpt, step, meta, processors)
+        if own:
+            self.meta = meta
+
+    def _start_from(self, ckpt: Checkpointer, step: int, meta: dict, processors) -> None:
+        """A new run's state from the parameters of a step, with a fresh optimizer.
+
+        The step's processors are kept (its embeddings index their vocabulary). The
+        architecture is the step's when it came from a checkpoint (an imported model,
+        or a run started from one), else the run config's. Parameters are matched by
+        path name (`restore.match_params`): the model's others are freshly initialised.
+        """
+        self.processors = processors
+        data = meta.get("data") or {}
+        self.arch_from_checkpoint = not has_train_state(meta) or bool(
+            data.get("architecture_from_checkpoint")
         )
         if self.arch_from_checkpoint:
-            saved = self.ckpt.decode(step, "model", self.task.config_from_json, meta["model"])
+            saved = ckpt.decode(step, "model", self.task.config_from_json, meta["model"])
             self._set_model(self.task.model_config_from_saved(saved))
         else:
-            self._build(meta["model"])
-        if imported:
-            self._load_imported(step)
-        else:
-            _, abstract, _ = self.abstract_state()
-            self.restored_state = self.ckpt.restore_state(step, abstract)
-        self.meta, self.step = meta, step
+            self._set_model(self.task.model_config(processors))
+        saved_params = ckpt.restore_state_on_host(step)["params"]
+        init, abstract, shardings = self.abstract_state()
+        matched = match_params(
+            abstract.params, saved_params, f"checkpoint step {step} in {ckpt.directory}"
+        )
+        from transformer_jax.train.checkpoint import path_name
 
-    def _load_imported(self, step: int) -> None:
-        """Imported weights into the configured shardings, with a fresh optimizer state."""
-        _, abstract, shardings = self.abstract_state()
-        params = jax.device_put(self.ckpt.restore_state_on_host(step)["params"], shardings.params)
-        for (path, a), b in zip(
-            jax.tree_util.tree_flatten_with_path(abstract.params)[0], jax.tree.leaves(params)
-        ):
-            if a.shape != b.shape:
-                raise CheckpointError(
-                    f"imported checkpoint step {step}: {jax.tree_util.keystr(path)} has shape "
-                    f"{b.shape}, the model needs {a.shape}"
-                )
         with self.context():
+            fresh = None
+            if matched.new:
+                fresh = jax.jit(lambda r: nn.unbox(init(r)).params, out_shardings=shardings.params)(
+                    jax.random.key(self.cfg.seed)
+                )
+            flat, treedef = jax.tree_util.tree_flatten_with_path(abstract.params)
+            fresh_leaves = jax.tree.leaves(fresh) if fresh is not None else [None] * len(flat)
+            leaves = [
+                jax.device_put(matched.loaded[path_name(p)], a.sharding)
+                if path_name(p) in matched.loaded
+                else f
+                for (p, a), f in zip(flat, fresh_leaves)
+            ]
+            params = jax.tree_util.tree_unflatten(treedef, leaves)
             opt_state = jax.jit(self.tx.init, out_shardings=shardings.opt_state)(params)
         self.restored_state = TrainState(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state
         )
+        self.init_from = (ckpt.directory, step, matched)
 
     def context(self):
         """Mesh + logical rules active while tracing, so activation constraints resolve."""
@@ -418,11 +463,12 @@ def _check_batch_layout(setup: Setup, batch: dict[str, np.ndarray]) -> None:
 
 
 def _starting_point(setup: Setup, start: int) -> str:
-    if setup.meta is None:
-        return "starting from scratch"
-    if not setup.meta.get("data"):  # written by `tjax import-hf`
-        return f"starting from imported weights (step {start} of {setup.ckpt.directory})"
-    return f"resuming from step {start}"
+    if setup.resumed:
+        return f"resuming from step {start}"
+    if setup.init_from is not None:
+        directory, step, matched = setup.init_from
+        return f"starting from imported weights (step {step} of {directory}): {matched.summary()}"
+    return "starting from scratch"
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -446,7 +492,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
     tc = cfg.train
     state = setup.initial_state()
     start = int(jax.device_get(state.step))
-    resumed = setup.meta is not None and bool(setup.meta.get("data"))  # not imported weights
+    resumed = setup.resumed  # not a new run started from imported weights
     saved_config = setup.meta["config"] if resumed else None
 
     def record_config() -> None:
@@ -466,7 +512,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
 
     ds = setup.task.train_dataset(setup.processors, jax.process_index(), jax.process_count())
     it = iter(ds)
-    if setup.meta is not None and setup.meta.get("data"):
+    if resumed:
         restore_iterator_state(it, _data_state_of_this_process(setup.meta["data"]))
 
     _, _, state_shardings = setup.abstract_state()
@@ -495,7 +541,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
     step_flops: list[float] = []  # model FLOPs of each pending step's batch
     last: dict[str, Any] = {}
     # Skipped steps so far; the checkpoints keep them, so the count goes on after a resume.
-    saved_data = (setup.meta or {}).get("data") or {}
+    saved_data = setup.meta["data"] if resumed else {}
     skipped = int(saved_data.get("skipped_steps", 0))
     skipped_at: list[int] = [int(s) for s in saved_data.get("skipped_at", [])]
     step = start
@@ -505,7 +551,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
         lambda s: all_finite((s.params, s.opt_state)), out_shardings=shd.replicated(setup.mesh)
     )
     # The newest checkpoint known to hold a finite state: the restored one, then each save.
-    last_good = start if setup.meta is not None else None
+    last_good = start if setup.step is not None else None
     if last_good is not None and not bool(state_is_finite(state)):
         setup.ckpt.close()
         writer.close()
