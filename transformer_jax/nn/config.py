@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -137,3 +138,57 @@ def config_from_json(blob: dict[str, Any]) -> TransformerConfig:
         if key in blob:
             blob[key] = jnp.dtype(blob[key])
     return TransformerConfig(**blob)
+
+
+# Set from a task's processors or by the code (training vs decoding), never by a run
+# config's `model` group.
+DERIVED_FIELDS = (
+    "vocab_size",
+    "target_vocab_size",
+    "pad_id",
+    "eos_id",
+    "decoder_start_id",
+    "param_dtype",
+    "deterministic",
+    "decode",
+)
+
+
+def settings_of(cls: type = TransformerConfig, derived: tuple[str, ...] = DERIVED_FIELDS):
+    """The run-config form of a typed model config: `{field: default}` for every field a
+    user sets, so a task's `model` group lists each field once (here, in the dataclass).
+
+    Optional fields (default None) read 0 in a run config; dtypes read as their names.
+    """
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in derived:
+            continue
+        value = f.default
+        if value is None:
+            value = 0
+        elif f.name.endswith("dtype"):
+            value = jnp.dtype(value).name
+        out[f.name] = value
+    return out
+
+
+def from_settings(settings: Mapping[str, Any], cls: type = TransformerConfig, **derived: Any):
+    """The typed config from a run config's `model` group plus the derived fields.
+
+    Keys of the group that are not fields of `cls` are ignored (a task may keep its own
+    model-related settings there); 0 in an optional field means None.
+    """
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is None}
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key in known & set(settings):
+        if key in derived:
+            continue
+        value = settings[key]
+        if key in optional and value == 0:
+            value = None
+        elif key.endswith("dtype") and isinstance(value, str):
+            value = jnp.dtype(value)
+        values[key] = value
+    return cls(**values, **derived)

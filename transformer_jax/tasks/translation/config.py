@@ -5,15 +5,18 @@ Configs start from `translation_base()` (the paper's values) and change what the
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import ml_collections
 
 from transformer_jax.config import ConfigError, base, checker
 from transformer_jax.nn.config import (
     ACTIVATIONS,
     NORM_POSITIONS,
+    NORM_TYPES,
     POSITION_LAYOUTS,
+    POSITION_TYPES,
     TransformerConfig,
+    from_settings,
+    settings_of,
 )
 
 
@@ -43,27 +46,11 @@ def translation_base() -> ml_collections.ConfigDict:
     c.tokenizer.max_train_sentences = 1_000_000
     c.tokenizer.path = ""  # a trained .model file to use instead of training one
 
-    c.model = ml_collections.ConfigDict()
-    c.model.d_model = 512
-    c.model.num_heads = 8
-    c.model.num_kv_heads = 0  # 0 = num_heads
-    c.model.d_ff = 2048
-    c.model.num_encoder_layers = 6
-    c.model.num_decoder_layers = 6
-    c.model.dropout_rate = 0.1
-    c.model.activation = "relu"
-    c.model.norm_position = "post"
-    c.model.layer_norm_eps = 1e-6
-    c.model.scale_embeddings = True
-    c.model.share_embeddings = True
-    c.model.tie_output = True
-    c.model.attention_bias = False
-    c.model.position_layout = "interleaved"
-    c.model.max_position = 1024
-    c.model.attention_impl = shared.model.attention_impl
-    c.model.dtype = shared.model.dtype  # compute dtype; parameters stay float32
-    c.model.remat = shared.model.remat  # "none" | "full" | "dots" (save matmul outputs)
-    c.model.scan_layers = False
+    # Every field of the typed model config, with its defaults (the paper's base model);
+    # the shared base's compute settings on top.
+    c.model = ml_collections.ConfigDict(settings_of(TransformerConfig))
+    for key in ("dropout_rate", "attention_impl", "dtype", "remat"):
+        c.model[key] = shared.model[key]
 
     c.optimizer = shared.optimizer
     c.train = shared.train
@@ -92,6 +79,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.activation": ACTIVATIONS,
     "model.norm_position": NORM_POSITIONS,
     "model.position_layout": POSITION_LAYOUTS,
+    "model.norm_type": NORM_TYPES,
+    "model.position_type": POSITION_TYPES,
     "decode.length_penalty_type": ("gnmt", "hf"),
     "decode.early_stopping": ("false", "true", "never"),
 }
@@ -129,6 +118,9 @@ def validate_translation(cfg: ml_collections.ConfigDict) -> None:
             f"must divide model.num_heads={heads}",
         )
     need("model.layer_norm_eps", lambda v: v > 0, "must be > 0")
+    need("model.rope_theta", lambda v: v > 0, "must be > 0")
+    need("model.head_dim", at_least(0), "must be >= 0 (0 = model.d_model // model.num_heads)")
+    need("model.num_token_types", at_least(0), "must be >= 0")
 
     need("decode.beam_size", at_least(1), "must be >= 1")
     need("decode.alpha", at_least(0), "must be >= 0")
@@ -149,29 +141,13 @@ def model_config(
     """The one place where a translation run config becomes the typed model config."""
     m = cfg.model
     try:
-        return TransformerConfig(
+        return from_settings(
+            m,
+            TransformerConfig,
             vocab_size=vocab_size,
-            d_model=m.d_model,
-            num_heads=m.num_heads,
-            num_kv_heads=m.num_kv_heads or None,
-            d_ff=m.d_ff,
-            num_encoder_layers=m.num_encoder_layers,
-            num_decoder_layers=m.num_decoder_layers,
-            dropout_rate=m.dropout_rate,
-            activation=m.activation,
-            norm_position=m.norm_position,
-            layer_norm_eps=m.layer_norm_eps,
-            scale_embeddings=m.scale_embeddings,
-            share_embeddings=m.share_embeddings,
             target_vocab_size=None if m.share_embeddings else vocab_size,
-            tie_output=m.tie_output,
-            attention_bias=m.attention_bias,
-            position_layout=m.position_layout,
+            # Long enough for every training example and every decoded output.
             max_position=max(m.max_position, cfg.data.max_length, cfg.decode.max_decode_len + 1),
-            attention_impl=m.attention_impl,
-            dtype=jnp.dtype(m.dtype),
-            remat=m.remat,
-            scan_layers=m.scan_layers,
             pad_id=pad_id,
             eos_id=eos_id,
             decoder_start_id=decoder_start_id,
