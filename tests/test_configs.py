@@ -22,9 +22,9 @@ from transformer_jax.config import (
     shipped_configs,
     validate,
 )
-from transformer_jax.data import corpus_en_es as corpus
 from transformer_jax.data.pipeline import BATCH_KEYS
 from transformer_jax.data.tokenizer import train_sentencepiece
+from transformer_jax.tasks.translation import corpus_en_es as corpus
 from transformer_jax.tasks.translation.task import TranslationTask
 
 CONFIG_FILES = sorted(

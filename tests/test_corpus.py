@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from transformer_jax.data import corpus_en_es as corpus
+from transformer_jax.tasks.translation import corpus_en_es as corpus
 
 WORD = re.compile(r"[^\W\d_]+")
 

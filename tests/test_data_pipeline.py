@@ -10,7 +10,6 @@ import pytest
 import tensorflow_datasets as tfds
 
 from transformer_jax.data import catalog
-from transformer_jax.data import corpus_en_es as corpus
 from transformer_jax.data.pipeline import (
     BATCH_KEYS,
     default_bucket_boundaries,
@@ -20,6 +19,7 @@ from transformer_jax.data.pipeline import (
     translation_eval_examples,
 )
 from transformer_jax.data.tokenizer import train_sentencepiece
+from transformer_jax.tasks.translation import corpus_en_es as corpus
 
 MAX_LEN = 24
 TOKENS = 384

@@ -296,8 +296,8 @@ def test_unknown_task_is_one_line_listing_the_known_ones():
 
 @pytest.fixture(scope="module")
 def spm_tokenizer():
-    from transformer_jax.data import corpus_en_es as corpus
     from transformer_jax.data.tokenizer import train_sentencepiece
+    from transformer_jax.tasks.translation import corpus_en_es as corpus
 
     pairs = corpus.generate_split("train", num_examples=200)
     return train_sentencepiece([t for p in pairs for t in p], vocab_size=120)

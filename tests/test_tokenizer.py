@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from transformer_jax.data import corpus_en_es as corpus
 from transformer_jax.data.tokenizer import (
     SentencePieceTokenizer,
     Tokenizer,
     train_sentencepiece,
 )
+from transformer_jax.tasks.translation import corpus_en_es as corpus
 
 
 def _texts(split: str, num_examples: int | None = None) -> list[str]:
