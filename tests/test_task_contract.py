@@ -222,11 +222,11 @@ def toy_config(**overrides):
     return apply_overrides(toy_base(), [f"{k}={v}" for k, v in overrides.items()])
 
 
-def _train(workdir, tmp_path_factory, **overrides):
+def _train(workdir, tmp_path_factory, hooks=(), **overrides):
     from transformer_jax.train.trainer import train_and_evaluate
 
     with compilation_cache(tmp_path_factory):
-        return train_and_evaluate(toy_config(**overrides), workdir)
+        return train_and_evaluate(toy_config(**overrides), workdir, hooks=hooks)
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +260,23 @@ def test_toy_task_stopped_by_a_signal_resumes_as_if_uninterrupted(uninterrupted,
         assert losses_b[step] == pytest.approx(losses_a[step], rel=1e-6), step
     for key in ("validation/loss", "validation/exact_match"):
         assert result_b[key] == pytest.approx(result_a[key], rel=1e-6), key
+
+
+def test_extra_hooks_run_every_n_steps_after_the_runs_own(tmp_path_factory):
+    from transformer_jax.train.trainer import Hook
+
+    workdir = str(tmp_path_factory.mktemp("toy_hooks"))
+    seen = []
+
+    def record(step, state):
+        seen.append((step, int(jax.device_get(state.step))))
+
+    hooks = [Hook("record", 3, record)]
+    _train(workdir, tmp_path_factory, hooks=hooks, **{"train.num_steps": 7})
+    assert seen == [(3, 3), (6, 6), (7, 7)]  # every 3rd step and the last; the step's own state
+    # The run's own hooks ran as configured: checkpoints every 2 steps and at the end.
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert steps == [2, 4, 6, 7]
 
 
 def test_evaluate_checkpoint_reports_the_toy_evaluator(uninterrupted):

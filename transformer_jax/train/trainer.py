@@ -8,8 +8,10 @@ never looks inside a batch or a model config beyond what that protocol gives.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -471,20 +473,42 @@ def _starting_point(setup: Setup, start: int) -> str:
     return "starting from scratch"
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """`fn(step, state)` after every `every`-th step and after the last one.
+
+    The loop's own work is three hooks (log, checkpoint, evaluate, in that order);
+    `train_and_evaluate(..., hooks=[...])` appends more, e.g. a notebook's live plot.
+    A hook's `state` is the train state on device: reading it waits for the step.
+    """
+
+    name: str
+    every: int
+    fn: Callable[[int, Any], None]
+
+    def due(self, step: int, last_step: int) -> bool:
+        return step == last_step or (self.every > 0 and step % self.every == 0)
+
+
+def train_and_evaluate(
+    cfg: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook] = ()
+) -> dict[str, Any]:
     """Trains (resuming from the latest good checkpoint in workdir) and returns final metrics.
 
     Stops cleanly on SIGTERM/SIGINT: finishes the step, saves, raises `Preempted`.
+    `hooks` run after the run's own logging, checkpointing and evaluation hooks.
     """
     from transformer_jax.train import distributed
 
     distributed.initialize()  # no-op on one host; TPU/SLURM/TJAX_* env otherwise
     # One run per workdir, held until the run ends (also by an error or a signal).
     with WorkdirLock(workdir):
-        return _train_and_evaluate(cfg, workdir)
+        return _train_and_evaluate(cfg, workdir, hooks)
 
 
-def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _train_and_evaluate(
+    cfg: ml_collections.ConfigDict, workdir: str, extra_hooks: Sequence[Hook]
+) -> dict[str, Any]:
     setup = Setup(cfg, workdir, for_training=True)
     from transformer_jax.data.pipeline import iterator_state_to_json, restore_iterator_state
     from transformer_jax.train import flops as flops_lib
@@ -620,6 +644,20 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
         )
         last_good = step
 
+    def evaluate(step: int, state) -> None:
+        nonlocal last, t_log
+        # Each evaluator's configured default number of examples.
+        last = run_eval(setup, state.params, cfg.data.eval_split, writer, step, limit=None)
+        progress.reset_clock(step)  # evaluation time is not training time
+        t_log = time.perf_counter()
+
+    log_hook = Hook("log", tc.log_every, lambda step, state: flush())
+    hooks = [
+        Hook("checkpoint", tc.checkpoint_every, lambda step, state: save()),
+        Hook("evaluate", tc.eval_every, evaluate),
+        *extra_hooks,
+    ]
+
     log(f"MFU against {peak / 1e12:.2f} TFLOP/s per chip ({peak_source}) x {n_chips}")
     try:
         with setup.context(), StopSignal() as stop, progress:
@@ -637,9 +675,9 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
                 step_flops.append(batch_flops(batch))
                 step += 1
                 progress.tick(step, pending)
-                at_log = step % tc.log_every == 0 or step == tc.num_steps
+                at_log = log_hook.due(step, tc.num_steps)
                 if at_log:
-                    flush()
+                    log_hook.fn(step, state)
                 if stop.requested(step, sync=at_log):
                     save()
                     setup.ckpt.wait()
@@ -648,19 +686,9 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
                         f"stopped at step {step} (checkpoint saved in {setup.ckpt.directory}); "
                         "run the same command again to resume"
                     )
-                if step % tc.checkpoint_every == 0 or step == tc.num_steps:
-                    save()
-                if step % tc.eval_every == 0 or step == tc.num_steps:
-                    last = run_eval(
-                        setup,
-                        state.params,
-                        cfg.data.eval_split,
-                        writer,
-                        step,
-                        limit=None,  # each evaluator's configured default
-                    )
-                    progress.reset_clock(step)
-                    t_log = time.perf_counter()
+                for hook in hooks:
+                    if hook.due(step, tc.num_steps):
+                        hook.fn(step, state)
     finally:
         setup.ckpt.close()  # waits for the async save in flight
         writer.close()
