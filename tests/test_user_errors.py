@@ -403,7 +403,7 @@ def test_full_disk_stops_in_one_line_and_the_rerun_resumes(data_dir, small_disk,
     steps = sorted(int(s) for s in os.listdir(run / "checkpoints") if s.isdigit())
     assert steps and steps[-1] < steps_wanted  # complete steps only; the unfinished one is not one
     # More room: the same command resumes from the last complete checkpoint and finishes.
-    assert _mount("-o", "remount,size=64m", str(small_disk))
+    assert _mount("-o", "remount,size=512m", str(small_disk))
     assert run_main(argv) == 0, capfd.readouterr().err
     out, _ = capfd.readouterr()
     assert f"resuming from step {steps[-1]}" in out
