@@ -97,7 +97,7 @@ def unverified_state(step_dir: str):
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
         )
         flat = jax.tree_util.tree_flatten_with_path(out["state"])[0]
-        return {ckpt_lib._path_name(p): np.asarray(v) for p, v in flat}
+        return {ckpt_lib.path_name(p): np.asarray(v) for p, v in flat}
     finally:
         ckpt.close()
 

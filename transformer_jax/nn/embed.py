@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.nn.positions import sinusoid_table
 
-__all__ = ["Embed", "TokenTypeEmbed", "add_positions", "sinusoid_table"]
+__all__ = ["Embed", "TokenTypeEmbed", "add_positions", "output_projection", "sinusoid_table"]
 
 
 class Embed(nn.Module):
@@ -35,6 +35,20 @@ class Embed(nn.Module):
     def attend(self, x_BLD: jax.Array) -> jax.Array:
         table_VD = jnp.asarray(self.embedding, self.config.dtype)
         return jnp.einsum("bld,vd->blv", x_BLD, table_VD)
+
+
+def output_projection(config: TransformerConfig, vocab_size: int) -> nn.DenseGeneral:
+    """The untied pre-softmax projection ``[..., d_model] -> [..., vocab]`` (`logits_dense`)."""
+    return nn.DenseGeneral(
+        vocab_size,
+        use_bias=False,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.xavier_uniform(), ("embed", "vocab")
+        ),
+        name="logits_dense",
+    )
 
 
 class TokenTypeEmbed(nn.Module):

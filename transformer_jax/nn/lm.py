@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from transformer_jax.nn.config import TransformerConfig
-from transformer_jax.nn.embed import Embed
+from transformer_jax.nn.embed import Embed, output_projection
 from transformer_jax.nn.positions import AddPositions
 from transformer_jax.nn.transformer import Decoder, default_positions, segments_from_ids
 
@@ -40,16 +40,7 @@ class CausalLM(nn.Module):
         self.decoder = Decoder(cfg, num_memories=0, slot_cache=True, name="decoder")
         self.dropout = nn.Dropout(cfg.dropout_rate, deterministic=cfg.deterministic)
         if not cfg.tie_output:
-            self.logits_dense = nn.DenseGeneral(
-                cfg.vocab_size,
-                use_bias=False,
-                dtype=cfg.dtype,
-                param_dtype=cfg.param_dtype,
-                kernel_init=nn.with_logical_partitioning(
-                    nn.initializers.xavier_uniform(), ("embed", "vocab")
-                ),
-                name="logits_dense",
-            )
+            self.logits_dense = output_projection(cfg, cfg.vocab_size)
 
     def _hidden(self, ids_BT, seg_BT, pos_BT, prefix_BT):
         cfg = self.config

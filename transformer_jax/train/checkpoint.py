@@ -337,9 +337,6 @@ def path_name(path) -> str:
     return "/".join(parts)
 
 
-_path_name = path_name
-
-
 def has_train_state(meta: dict[str, Any]) -> bool:
     """False for a step holding parameters alone (no optimizer or data position), e.g.
     one written by `tjax import-hf`: a run starts from it rather than resuming it."""

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from transformer_jax.nn.config import TransformerConfig
-from transformer_jax.nn.embed import Embed, add_positions
+from transformer_jax.nn.embed import Embed, add_positions, output_projection
 from transformer_jax.nn.transformer import (
     Decoder,
     Encoder,
@@ -69,16 +69,7 @@ class EncoderDecoder(nn.Module):
         else:
             self.target_embed = Embed(cfg.output_vocab_size, cfg, name="target_embed")
         if not cfg.tie_output:
-            self.logits_dense = nn.DenseGeneral(
-                cfg.output_vocab_size,
-                use_bias=False,
-                dtype=cfg.dtype,
-                param_dtype=cfg.param_dtype,
-                kernel_init=nn.with_logical_partitioning(
-                    nn.initializers.xavier_uniform(), ("embed", "vocab")
-                ),
-                name="logits_dense",
-            )
+            self.logits_dense = output_projection(cfg, cfg.output_vocab_size)
         if cfg.final_logits_bias:
             self.logits_bias = self.param(
                 "final_logits_bias",
