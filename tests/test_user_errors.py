@@ -369,6 +369,12 @@ def test_storage_problem_names_the_path_and_the_problem():
     assert line == "read-only file system: cannot write /runs/a/metrics.jsonl"
     line = storage_problem(PermissionError(errno.EACCES, "Permission denied", "/runs/a/x"))
     assert line == "permission denied: /runs/a/x"
+    # A write that fails without a file name (a flush, a tensorstore chunk) names the workdir.
+    nameless = OSError(errno.ENOSPC, "No space left on device")
+    assert storage_problem(nameless, where="/runs/a") == (
+        "no space left on device while writing under /runs/a"
+    )
+    assert storage_problem(nameless) == "no space left on device"
     assert storage_problem(ValueError("DATA_LOSS: corrupt")) is None
     assert storage_problem(OSError(errno.EIO, "Input/output error")) is None
 

@@ -200,7 +200,8 @@ def _main(argv: list[str] | None) -> int:
     except Exception as e:
         if signal_received() is not None:  # Terminated, turned into another error on its way
             raise Terminated(signal_received()) from e
-        message = None if os.environ.get("TJAX_DEBUG") else user_error_message(e)
+        where = getattr(args, "workdir", None) or getattr(args, "dst", None)
+        message = None if os.environ.get("TJAX_DEBUG") else user_error_message(e, where)
         if message is None:  # a bug (or TJAX_DEBUG): the whole traceback
             raise
         print(f"tjax {args.command}: error: {message}", file=sys.stderr)

@@ -57,10 +57,10 @@ def _chain(e: BaseException):
         e = e.__cause__ or e.__context__
 
 
-def _describe(code: int, path: str | None) -> str:
+def _describe(code: int, path: str | None, where: str | None = None) -> str:
     problem = STORAGE_ERRNOS[code]
-    if not path:
-        return problem
+    if not path:  # the OS did not say which file: name the folder the command writes to
+        return f"{problem} while writing under {where}" if where else problem
     path = str(path)
     if _ORBAX_TMP in path:  # inside a step Orbax was writing: name the step
         head, _, _ = path.partition(_ORBAX_TMP)
@@ -75,18 +75,19 @@ def _describe(code: int, path: str | None) -> str:
     return f"{problem}: cannot write {path}"
 
 
-def storage_problem(e: BaseException) -> str | None:
+def storage_problem(e: BaseException, where: str | None = None) -> str | None:
     """One line naming the path and the problem when `e` comes from a full disk,
     a read-only file system or missing permissions (also as Orbax/tensorstore
-    raise them from a background save); None for anything else."""
+    raise them from a background save); None for anything else. `where` (the
+    command's workdir) is named when the error itself carries no path."""
     for x in _chain(e):
         if isinstance(x, OSError) and x.errno in STORAGE_ERRNOS:
-            return _describe(x.errno, x.filename)
+            return _describe(x.errno, x.filename, where)
         text = str(x)
         match = _OS_ERROR_CODE.search(text)
         if match and int(match.group(1)) in STORAGE_ERRNOS:
             paths = _QUOTED_PATH.findall(text)
-            return _describe(int(match.group(1)), paths[-1] if paths else None)
+            return _describe(int(match.group(1)), paths[-1] if paths else None, where)
     return None
 
 
@@ -97,11 +98,12 @@ def _one_line(e: BaseException) -> str:
     return lines[0] + (" (details: rerun with TJAX_DEBUG=1)" if len(lines) > 1 else "")
 
 
-def user_error_message(e: BaseException) -> str | None:
-    """The one line to print for an error the user can fix; None for anything else (a bug)."""
+def user_error_message(e: BaseException, where: str | None = None) -> str | None:
+    """The one line to print for an error the user can fix; None for anything else (a bug).
+    `where` is the folder the command writes to, named when a storage error names no file."""
     if isinstance(e, PROJECT_ERRORS):
         return _one_line(e)
-    storage = storage_problem(e)
+    storage = storage_problem(e, where)
     if storage is not None:
         return storage
     if isinstance(e, USER_ERRORS):
