@@ -1,5 +1,5 @@
-"""The command line: `tjax train | eval | average | import-hf`, plus each task's verbs
-(`translate`, ...), which the tasks add themselves (`Task.add_cli`).
+"""The command line: `tjax train | eval | average | import-hf | export-hf`, plus each
+task's verbs (`translate`, ...), which the tasks add themselves (`Task.add_cli`).
 
 Each command parses its arguments and calls one library function, the same
 function a notebook cell would call.
@@ -48,7 +48,11 @@ def cmd_train(args, extra) -> int:
     cfg = load_config(args.config, _overrides(extra))
     _check_workdir(args, write=True, create=True, write_checkpoints=True)
     result = train_and_evaluate(cfg, args.workdir)
-    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, ensure_ascii=False))
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k not in ("examples", "files")}, ensure_ascii=False
+        )
+    )
     return 0
 
 
@@ -80,10 +84,40 @@ def cmd_average(args, extra) -> int:
     return 0
 
 
-def cmd_import_hf(args, extra) -> int:
-    from transformer_jax.tasks.translation.marian import import_marian
+def _read_config_json(folder: str, what: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isdir(folder):
+        _usage_error(f"{what} {folder} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            blob = json.load(f)
+    except FileNotFoundError:
+        _usage_error(f"missing config.json in {folder}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        _usage_error(f"{path} is not valid JSON: {e}")
+    if not isinstance(blob, dict):
+        _usage_error(f"{path} must hold a JSON object")
+    return blob
 
-    print(json.dumps(import_marian(args.src, args.dst), default=str))
+
+def cmd_import_hf(args, extra) -> int:
+    from transformer_jax.train.task import HF_IMPORTERS, hf_converter
+
+    hf = _read_config_json(args.src, "Hugging Face model directory")
+    model_type = hf.get("model_type")
+    if model_type is None and "MarianMTModel" in (hf.get("architectures") or []):
+        model_type = "marian"  # older Marian configs name only the architecture
+    importer = hf_converter(HF_IMPORTERS, model_type, "config.json model_type")
+    print(json.dumps(importer(args.src, args.dst), default=str))
+    return 0
+
+
+def cmd_export_hf(args, extra) -> int:
+    from transformer_jax.train.task import HF_EXPORTERS, hf_converter
+
+    task = _read_config_json(args.workdir, "workdir").get("task")
+    exporter = hf_converter(HF_EXPORTERS, task, "the run's task")
+    print(json.dumps(exporter(args.workdir, args.dst), default=str))
     return 0
 
 
@@ -123,15 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--last", type=int, default=5)
     a.set_defaults(fn=cmd_average)
 
-    h = sub.add_parser("import-hf", help="import a Hugging Face MarianMT folder (safetensors)")
+    h = sub.add_parser(
+        "import-hf",
+        help="import a Hugging Face folder (safetensors): MarianMT, BERT, RoBERTa, XLM-R",
+    )
     h.add_argument(
         "--from",
         dest="src",
         required=True,
-        help="folder with config.json, model.safetensors, vocab.json, source.spm, target.spm",
+        help="folder with config.json, model.safetensors and the tokenizer files",
     )
     h.add_argument("--to", dest="dst", required=True, help="workdir to create")
     h.set_defaults(fn=cmd_import_hf)
+
+    x = sub.add_parser(
+        "export-hf", help="write a run's latest good checkpoint as a Hugging Face folder"
+    )
+    x.add_argument("--workdir", required=True)
+    x.add_argument("--to", dest="dst", required=True, help="new (or empty) folder to write")
+    x.set_defaults(fn=cmd_export_hf)
     return p
 
 

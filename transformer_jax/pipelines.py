@@ -3,6 +3,9 @@
 translator = pipeline("translation", workdir="runs/tiny")
 translator(["The cat sleeps on the couch."])
 # [{'translation_text': 'El gato duerme en el sofá.'}]
+classifier = pipeline("text-classification", workdir="runs/classify")
+classifier("Este producto es excelente.")
+# [{'label': 'POSITIVE', 'score': 0.98}]
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ def pipeline(
 
     loaded = load_for_inference(workdir, step=step, averaged=averaged)
     run_task = loaded.run_config.get("task", "translation")
-    if task is not None and task != run_task:
-        raise ConfigError(f"{workdir} holds a {run_task!r} run, not a {task!r} one")
-    return make_task(loaded.run_config).pipeline(loaded, **settings)
+    runner = make_task(loaded.run_config)
+    names = (run_task, runner.name, *runner.pipeline_names)
+    if task is not None and task not in names:
+        raise ConfigError(
+            f"{workdir} holds a {run_task!r} run, whose pipeline is "
+            f"{' or '.join(map(repr, runner.pipeline_names or (run_task,)))}, not {task!r}"
+        )
+    return runner.pipeline(loaded, **settings)

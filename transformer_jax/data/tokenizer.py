@@ -80,6 +80,10 @@ class SentencePieceTokenizer:
             out.append(i)
         return self._sp.decode(out)
 
+    def piece_to_id(self, piece: str) -> int:
+        """The id of a piece (unk_id when the vocabulary lacks it)."""
+        return self._sp.piece_to_id(piece)
+
     def id_to_piece(self, i: int) -> str:
         """The vocabulary piece of id ``i``."""
         return self._sp.id_to_piece(int(i))
@@ -125,11 +129,13 @@ def train_sentencepiece(
     max_sentence_length: int = 4096,
     input_sentence_size: int = 0,
     byte_fallback: bool = False,
+    user_defined_symbols: Sequence[str] = (),
 ) -> SentencePieceTokenizer:
     """Trains a SentencePiece model in memory; the same inputs give the same model bytes.
 
     ``vocab_size`` is an upper bound: a corpus too small for it yields a smaller vocabulary.
     ``input_sentence_size`` > 0 caps the sentences used (the first ones, not a random sample).
+    ``user_defined_symbols`` are pieces always kept whole (e.g. a "<mask>" token).
     """
     if vocab_size < 5:
         raise ValueError(f"vocab_size must be at least 5 (4 special ids + 1), got {vocab_size}.")
@@ -169,6 +175,7 @@ def train_sentencepiece(
             shuffle_input_sentence=False,
             max_sentence_length=max_sentence_length,
             byte_fallback=byte_fallback,
+            user_defined_symbols=list(user_defined_symbols),
             minloglevel=2,
         )
     except RuntimeError as e:

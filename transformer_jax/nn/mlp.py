@@ -23,6 +23,12 @@ _ACT = {
 _GATED = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}
 
 
+def activation_fn(name: str):
+    """The elementwise function of `TransformerConfig.activation` (a gated one's gate
+    function), e.g. for a head that follows the stack's choice."""
+    return _ACT[_GATED.get(name, name)]
+
+
 def dense(
     features: int,
     axes: tuple[str, str],

@@ -85,19 +85,23 @@ def evaluate_loss(setup, params, split: str, max_batches: int) -> dict[str, floa
     hosts = jax.process_count()
     ds = setup.task.eval_dataset(setup.processors, split, jax.process_index(), hosts)
     fn = jax.jit(functools.partial(eval_step, task=setup.task, model=setup.model))
-    rows = max(setup.cfg.data.eval_tokens_per_batch // setup.cfg.data.max_length, 1)
-    step = shd.data_parallel_size(setup.mesh) * hosts
-    local_rows = -(-rows // step) * step // hosts
     batches = []
     for i, batch in enumerate(ds):
         if max_batches and i >= max_batches:
             break
-        batches.append(_pad_rows(batch, local_rows))
+        batches.append(batch)
+    # Every batch gets the rows of the largest one (of any host), rounded so that the
+    # global batch splits evenly over the data-parallel devices.
+    rows = max((next(iter(b.values())).shape[0] for b in batches), default=1) * hosts
     count = len(batches)
     if hosts > 1:
         from jax.experimental import multihost_utils
 
-        count = int(np.max(multihost_utils.process_allgather(np.asarray([count], np.int32))))
+        counts = multihost_utils.process_allgather(np.asarray([count, rows], np.int32))
+        count, rows = (int(x) for x in np.max(np.asarray(counts).reshape(-1, 2), axis=0))
+    step = shd.data_parallel_size(setup.mesh) * hosts
+    local_rows = -(-rows // step) * step // hosts
+    batches = [_pad_rows(b, local_rows) for b in batches]
     if count > len(batches):  # all-zero rows: weight zero
         example = setup.task.example_batch(setup.model_config)
         blank = {k: np.zeros((local_rows,) + v.shape[1:], v.dtype) for k, v in example.items()}
@@ -133,18 +137,27 @@ def run_eval(
         if k != "tokens"
     }
     examples: list[dict[str, Any]] = []
+    details: dict[str, Any] = {}  # an evaluator's structured results (reports, tables)
+    files: dict[str, bytes] = {}  # and files (pictures) for `tjax eval` to write
     for evaluator in setup.task.evaluators():
         with setup.context():
             q = evaluator(params, setup.model_config, setup.processors, split, limit)
-        out.update({f"{split}/{k}": v for k, v in q.items() if k != "examples"})
-        examples += q.get("examples", [])
+        for k, v in q.items():
+            if k == "examples":
+                examples += v
+            elif k == "files":
+                files.update(v)
+            elif isinstance(v, int | float | np.number):
+                out[f"{split}/{k}"] = v
+            else:
+                details[f"{split}/{k}"] = v
     if writer is not None:
         writer.write(step, out)
     shown = " ".join(f"{k}={v:.4g}" for k, v in out.items())
     log(f"eval at step {step} ({time.perf_counter() - t0:.1f}s): {shown}")
     for ex in examples[:2]:
         log(f"  {ex['source']!r} -> {ex['hypothesis']!r} (ref {ex['reference']!r})")
-    return dict(out, examples=examples)
+    return dict(out, **details, examples=examples, files=files)
 
 
 # What an evaluation of an existing model may change, unless a task lists its own
@@ -263,11 +276,18 @@ def evaluate_checkpoint(
             loss_batches=loss_batches,
         )
     settings = _eval_settings(setup, split, averaged, limit, loss_batches)
+    files = out.pop("files", {})
     out = {"step": setup.step, "split": split, "averaged": averaged, "settings": settings, **out}
     if jax.process_index() == 0:
-        out["path"] = _write_new(
-            setup.workdir, _eval_name(setup.step, split, averaged, limit, loss_batches, setup), out
-        )
+        name = _eval_name(setup.step, split, averaged, limit, loss_batches, setup)
+        out["path"] = _write_new(setup.workdir, name, out)
+        if files:  # beside the JSON, named after it: <name>.confusion_matrix.png
+            stem = out["path"][: -len(".json")]
+            out["files"] = []
+            for fname, data in files.items():
+                out["files"].append(f"{stem}.{fname}")
+                paths.write_bytes(out["files"][-1], data)
+            paths.write_text(out["path"], json.dumps(out, indent=2, ensure_ascii=False))
     return out
 
 

@@ -44,13 +44,18 @@ def isdir(path: str) -> bool:
 
 def write_text(path: str, text: str) -> None:
     """Replaces the file in one step (object stores write whole objects anyway)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Replaces the file in one step (object stores write whole objects anyway)."""
     if is_remote(path):
-        epath.Path(path).write_text(text)
+        epath.Path(path).write_bytes(data)
         return
     tmp = f"{path}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:  # a full disk or a signal: leave no partial file behind
         try:

@@ -57,6 +57,9 @@ class Task:
     """
 
     name: str = ""
+    # The names `transformer_jax.pipeline(...)` accepts for this task's pipeline (Hugging
+    # Face's, e.g. "text-classification"), besides the task's own name.
+    pipeline_names: tuple[str, ...] = ()
     base_config_name: str = "a task's base config"  # named in config errors
     # The keys `tjax eval` may change for an existing run ("group." for a whole group;
     # None: the shared ones, `evaluation.EVAL_KEYS`), and keys it replaces with its own
@@ -90,6 +93,13 @@ class Task:
         `transformer_jax.data.processors.register_processor`.
         """
         raise NotImplementedError
+
+    def adopt_processors(self, processors: dict[str, Any]) -> dict[str, Any]:
+        """The processors of a new run that starts from another checkpoint's parameters
+        (`train.init_from`, an imported model): the source's, whose embeddings index their
+        vocabulary, plus any this task makes itself that the source lacks (e.g. a label
+        map); raises a one-line ConfigError when the source's cannot serve this run."""
+        return processors
 
     def train_dataset(self, processors: dict[str, Any], shard_index: int, shard_count: int):
         """This host's shard of the endless training batches (a checkpointable Grain dataset)."""
@@ -171,7 +181,32 @@ class Task:
 
 TASKS: dict[str, str] = {
     "translation": "transformer_jax.tasks.translation.task:TranslationTask",
+    "classification": "transformer_jax.tasks.classification.task:ClassificationTask",
+    "masked_lm": "transformer_jax.tasks.classification.task:MaskedLMTask",
 }
+
+# `tjax import-hf`: a Hugging Face config.json's model_type -> its importer
+# `fn(src_dir, workdir) -> summary`; `tjax export-hf`: a run's task -> its exporter
+# `fn(workdir, out_dir) -> summary`. Import paths, like TASKS.
+_HF_CLASSIFICATION = "transformer_jax.tasks.classification.hf"
+HF_IMPORTERS: dict[str, str] = {
+    "marian": "transformer_jax.tasks.translation.marian:import_marian",
+    "bert": f"{_HF_CLASSIFICATION}:import_hf",
+    "roberta": f"{_HF_CLASSIFICATION}:import_hf",
+    "xlm-roberta": f"{_HF_CLASSIFICATION}:import_hf",
+}
+HF_EXPORTERS: dict[str, str] = {
+    "classification": f"{_HF_CLASSIFICATION}:export_hf",
+}
+
+
+def hf_converter(table: dict[str, str], key: str, what: str):
+    """The function registered under `key` in HF_IMPORTERS / HF_EXPORTERS; an unknown key
+    is a one-line InputError listing the known ones."""
+    if key not in table:
+        raise InputError(f"{what}={key!r} cannot be converted: supported are {', '.join(table)}")
+    module_name, _, attr = table[key].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def known_tasks() -> list[str]:

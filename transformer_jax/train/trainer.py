@@ -278,7 +278,7 @@ class Setup:
         or a run started from one), else the run config's. Parameters are matched by
         path name (`restore.match_params`): the model's others are freshly initialised.
         """
-        self.processors = processors
+        self.processors = self.task.adopt_processors(processors)
         data = meta.get("data") or {}
         self.arch_from_checkpoint = not has_train_state(meta) or bool(
             data.get("architecture_from_checkpoint")

@@ -32,6 +32,7 @@ from transformer_jax.train.task import Evaluator, Task
 
 class TranslationTask(Task):
     name = "translation"
+    pipeline_names = ("translation",)
     base_config_name = "translation_base()"
     eval_keys = (
         "decode.",
