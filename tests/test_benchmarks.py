@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -67,3 +68,24 @@ def test_run_shape_reports_both_sides(tmp_path):
     assert "| micro |" in table and "ours/torch" in table
     json_path, md_path = run.write_report(report, table, str(tmp_path))
     assert json_path.endswith("cpu_2000-01-01_quick.json") and md_path.endswith("cpu_quick.md")
+
+
+def test_classify_bench_quick_reports_both_sides(tmp_path):
+    pytest.importorskip("transformers")
+    from benchmarks import classify_bench
+
+    classify_bench.main(["--quick", "--out-dir", str(tmp_path)])
+
+    [json_path] = tmp_path.glob("classify_cpu_*_quick.json")
+    assert (tmp_path / "classify_cpu_quick.md").is_file()
+    report = json.loads(json_path.read_text())
+    [result] = report["results"]
+    assert result["params"]["ours"] == result["params"]["torch"], result["params"]
+    for part in ("train", "inference"):
+        for side in ("ours", "torch"):
+            row = result[part][side]
+            assert _positive(row["examples_per_s"]), (part, side, row)
+        assert _positive(result[part]["ratio_ours_over_torch"]), part
+    for side in ("ours", "torch"):
+        assert result["train"][side]["loss_finite"], side
+    assert set(report["vector_extensions"]) >= {"avx2", "avx512f"}

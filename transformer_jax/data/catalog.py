@@ -35,6 +35,7 @@ def _base_name(name: str) -> str:
 # task; each task registers its embedded builder here.
 LOCAL_BUILDERS: dict[str, str] = {
     "en_es_grammar": "transformer_jax.tasks.translation.dataset:EnEsGrammar",
+    "sentiment_reviews": "transformer_jax.tasks.classification.dataset:SentimentReviews",
 }
 
 

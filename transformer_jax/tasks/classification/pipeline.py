@@ -107,7 +107,9 @@ class _EncoderRunner:
                 ids_BL[r, : len(encoded[i])] = encoded[i]
             x = ids_BL
             if rows_sharding is not None:
-                x = jax.make_array_from_callback(x.shape, rows_sharding, lambda idx: ids_BL[idx])
+                x = jax.make_array_from_callback(
+                    x.shape, rows_sharding, lambda idx, a=ids_BL: a[idx]
+                )
             y = _forward(self.params, x, config=self.model_config, head=head)
             if rows_sharding is not None and not (y.is_fully_addressable or y.is_fully_replicated):
                 y = jax.jit(lambda a: a, out_shardings=NamedSharding(self.mesh, PartitionSpec()))(y)
