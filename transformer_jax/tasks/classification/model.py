@@ -141,7 +141,7 @@ class MaskedLMHead(nn.Module):
             (cfg.vocab_size,),
             cfg.param_dtype,
         )
-        logits = embed.attend(x) + jnp.asarray(bias_V, cfg.dtype)
+        logits = embed.attend(x) + jnp.asarray(bias_V, cfg.dtype)[None, None, :]
         return logits.astype(jnp.float32)
 
 

@@ -595,26 +595,36 @@ def _read_texts(args) -> list[str]:
     return [t[:-1] if t.endswith("\r") else t for t in texts]
 
 
+def _load_run(args, verb: str, tasks: tuple[str, ...]):
+    """The checkpoint `args` name, of a run of one of `tasks`."""
+    from transformer_jax.train.paths import check_workdir
+    from transformer_jax.train.restore import load_for_inference
+
+    check_workdir(args.workdir, write=False)
+    loaded = load_for_inference(
+        args.workdir, step=args.step, averaged=getattr(args, "averaged", False)
+    )
+    task = loaded.run_config.get("task", "translation")
+    if task not in tasks:
+        raise InputError(
+            f"{args.workdir} holds a {task!r} run; tjax {verb} needs a {' or '.join(tasks)} run"
+        )
+    return loaded
+
+
 def cmd_classify(args, extra) -> int:
     """`tjax classify`: one line (or one JSON list) per input, in order."""
     import json
 
-    from transformer_jax.pipelines import pipeline
-    from transformer_jax.train.paths import check_workdir
+    from transformer_jax.tasks.classification.pipeline import TextClassificationPipeline
 
     if args.top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {args.top_k}")
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_workdir(args.workdir, write=False)
     settings = {} if args.batch_size is None else {"batch_size": args.batch_size}
-    pipe = pipeline(
-        "text-classification",
-        workdir=args.workdir,
-        step=args.step,
-        averaged=args.averaged,
-        **settings,
-    )
+    loaded = _load_run(args, "classify", ("classification",))
+    pipe = TextClassificationPipeline.from_loaded(loaded, **settings)
     texts = _read_texts(args)
     results = pipe(texts, top_k=args.top_k)
     for r in results:
@@ -629,13 +639,11 @@ def cmd_fill_mask(args, extra) -> int:
     """`tjax fill-mask`: the top-k fillers of each input's mask."""
     import json
 
-    from transformer_jax.pipelines import pipeline
-    from transformer_jax.train.paths import check_workdir
+    from transformer_jax.tasks.classification.pipeline import FillMaskPipeline
 
     if args.top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {args.top_k}")
-    check_workdir(args.workdir, write=False)
-    pipe = pipeline("fill-mask", workdir=args.workdir, step=args.step)
+    pipe = FillMaskPipeline.from_loaded(_load_run(args, "fill-mask", ("masked_lm",)))
     for r in pipe(_read_texts(args), top_k=args.top_k):
         if args.json:
             print(json.dumps(r, ensure_ascii=False))
