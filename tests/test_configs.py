@@ -20,6 +20,7 @@ from transformer_jax.config import (
     load_config,
     set_key,
     shipped_configs,
+    task_class,
     validate,
 )
 from transformer_jax.data.pipeline import BATCH_KEYS
@@ -37,21 +38,50 @@ BIG = os.path.join(CONFIGS, "translate_wmt14_big.py")
 def test_the_expected_configs_exist():
     names = {os.path.basename(p) for p in CONFIG_FILES}
     assert {"translate_tiny.py", "translate_wmt14_base.py", "translate_wmt14_big.py"} <= names
+    assert {"classify_tiny.py", "classify_sst2_base.py", "classify_imdb_base.py"} <= names
+    assert "mlm_tiny.py" in names
+
+
+# A shipped config's name starts with its task's word.
+TASK_OF_PREFIX = {"translate_": "translation", "classify_": "classification", "mlm_": "masked_lm"}
+# One override per task into a group only that task's configs have: (key, raw, value).
+TASK_OVERRIDE = {
+    "translation": ("decode.alpha", "0.5", 0.5),
+    "classification": ("head.dropout", "0.2", 0.2),
+    "masked_lm": ("mlm.mask_rate", "0.2", 0.2),
+}
+
+
+def _leaf_keys(cfg) -> set[str]:
+    out = set()
+    for key, value in cfg.items():
+        if hasattr(value, "items"):
+            out |= {f"{key}.{k}" for k in _leaf_keys(value)}
+        else:
+            out.add(key)
+    return out
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
 def test_config_loads_and_documents_itself(path):
     cfg = load_config(path)
-    assert cfg.task == "translation"
+    name = os.path.basename(path)[:-3]
+    (task_name,) = [t for p, t in TASK_OF_PREFIX.items() if name.startswith(p)]
+    assert cfg.task == task_name
     assert cfg.is_locked  # a mistyped key is an error, not a new field
+    # Exactly its task's keys: the base's, none missing, none made up.
+    assert _leaf_keys(cfg) == _leaf_keys(task_class(cfg).base_config())
     with open(path) as f:
         doc = ast.get_docstring(ast.parse(f.read()))
     assert doc, f"{path} has no module docstring"
-    assert f"tjax train --config {os.path.basename(path)[:-3]} " in doc
+    assert f"tjax train --config {name} " in doc
     assert "Hardware:" in doc
-    # Overrides reach every group of the loaded config.
-    cfg = load_config(path, ["train.num_steps=7", "model.dropout_rate=0.2", "decode.alpha=0.5"])
-    assert (cfg.train.num_steps, cfg.model.dropout_rate, cfg.decode.alpha) == (7, 0.2, 0.5)
+    # Overrides reach the groups every config has, and the task's own.
+    key, raw, value = TASK_OVERRIDE[task_name]
+    # (More steps than any warmup: a linear schedule's decay needs some.)
+    cfg = load_config(path, ["train.num_steps=12345", "model.dropout_rate=0.2", f"{key}={raw}"])
+    group, field = key.split(".")
+    assert (cfg.train.num_steps, cfg.model.dropout_rate, cfg[group][field]) == (12345, 0.2, value)
 
 
 def test_wmt14_base_is_the_papers_base_model():

@@ -46,6 +46,11 @@ TARGET_TEXTS = [
     "el profesor abre la ventana",
     "ellos comen pan y queso",
 ]
+
+# One xdist worker runs the whole module (`make test` uses `--dist loadgroup`): the
+# imported model is built once and its fine-tuning runs share compiled programs.
+pytestmark = pytest.mark.xdist_group("test_marian_import")
+
 QUERIES = ["the cat reads a book", "a bird in the park", "my old teacher", "tea"]
 MAX_NEW = 24
 
@@ -357,16 +362,14 @@ def test_bad_inputs_are_refused(marian, tmp_path):
     _one_line_error(extra, str(tmp_path / "w5"), r"lacks weights \['model.decoder.layers.1.fc2")
 
 
-def test_imported_model_fine_tunes_and_resumes(marian, tmp_path, data_dir):
+def test_imported_model_fine_tunes_and_resumes(marian, tmp_path, tmp_path_factory, data_dir):
     """`tjax train` on an imported workdir keeps Marian's architecture and tokenizers,
     starts from the imported weights with a fresh optimizer, and resumes like any run."""
     import shutil
 
     import jax
     import orbax.checkpoint as ocp
-    from helpers import tiny_config
-
-    from transformer_jax.train.trainer import train_and_evaluate
+    from helpers import tiny_config, train
 
     workdir = str(tmp_path / "finetune")
     shutil.copytree(marian[3], workdir)
@@ -376,7 +379,7 @@ def test_imported_model_fine_tunes_and_resumes(marian, tmp_path, data_dir):
     cfg = tiny_config(
         data_dir, train__num_steps=2, train__checkpoint_every=2, decode__bleu_examples=4
     )
-    train_and_evaluate(cfg, workdir)
+    train(cfg, workdir, tmp_path_factory)
     after = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
     assert after.all_steps() == [0, 2]
     saved = after.restore(2)
@@ -396,7 +399,7 @@ def test_imported_model_fine_tunes_and_resumes(marian, tmp_path, data_dir):
     cfg4 = tiny_config(
         data_dir, train__num_steps=4, train__checkpoint_every=2, decode__bleu_examples=4
     )
-    train_and_evaluate(cfg4, workdir)  # resumes from step 2 with the saved optimizer
+    train(cfg4, workdir, tmp_path_factory)  # resumes from step 2 with the saved optimizer
     assert ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).latest_step() == 4
     out = TranslationPipeline.from_workdir(workdir, beam_size=1)(QUERIES[:2])
     assert len(out) == 2 and all(isinstance(o["translation_text"], str) for o in out)
@@ -441,10 +444,10 @@ def test_smoothed_loss_of_an_imported_model_skips_its_banned_tokens(marian):
     assert 0 < per_token < 3 * np.log(cfg.output_vocab_size)
 
 
-def test_fine_tuning_an_imported_model_logs_a_sane_loss(marian, tmp_path, data_dir, capsys):
-    from helpers import tiny_config, train_losses
-
-    from transformer_jax.train.trainer import train_and_evaluate
+def test_fine_tuning_an_imported_model_logs_a_sane_loss(
+    marian, tmp_path, tmp_path_factory, data_dir, capsys
+):
+    from helpers import tiny_config, train, train_losses
 
     workdir = str(tmp_path / "finetune")
     shutil.copytree(marian[3], workdir)
@@ -452,7 +455,7 @@ def test_fine_tuning_an_imported_model_logs_a_sane_loss(marian, tmp_path, data_d
     cfg = tiny_config(
         data_dir, train__num_steps=1, train__checkpoint_every=1, decode__bleu_examples=2
     )
-    train_and_evaluate(cfg, workdir)
+    train(cfg, workdir, tmp_path_factory)
     loss = train_losses(workdir)[1]
     assert 0 < loss < 3 * np.log(V), loss
     out = capsys.readouterr().out

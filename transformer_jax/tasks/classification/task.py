@@ -626,7 +626,7 @@ def cmd_classify(args, extra) -> int:
     loaded = _load_run(args, "classify", ("classification",))
     pipe = TextClassificationPipeline.from_loaded(loaded, **settings)
     texts = _read_texts(args)
-    results = pipe(texts, top_k=args.top_k)
+    results = pipe.predict(texts, top_k=args.top_k)
     for r in results:
         if args.json:
             print(json.dumps([{"label": x["label"], "score": round(x["score"], 4)} for x in r]))
