@@ -39,13 +39,12 @@ format: install
 	$(BIN)/ruff check --fix $(SOURCES)
 
 # test: everything (CI). test-fast: all but the tests marked slow (end-to-end runs,
-# subprocesses, faults, several hosts), for everyday work. `--dist loadgroup` keeps the
-# tests of one `xdist_group` on one worker, so their module-scoped fixtures run once.
+# subprocesses, faults, several hosts), for everyday work.
 test: install lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 tests
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15 tests
 
 test-fast: install lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 -m "not slow" tests
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15 -m "not slow" tests
 
 bench: install
 	$(BIN)/python -m benchmarks.run

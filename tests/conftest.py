@@ -45,3 +45,31 @@ def data_dir(tmp_path_factory):
 def trained(tmp_path_factory):
     """The tiny workdir trained once per session (see helpers.trained_workdir)."""
     return trained_workdir(tmp_path_factory)
+
+
+# Modules whose module-scoped fixtures train or compile for minutes (every mesh's train
+# step, the two-host runs, an imported model fine-tuned with shared compiled programs):
+# under xdist each runs whole on one worker, so those fixtures are built once, not once
+# per worker.
+ONE_WORKER_MODULES = {
+    "test_classification_e2e.py",
+    "test_hf_classification.py",
+    "test_marian_import.py",
+    "test_multihost.py",
+    "test_sharding.py",
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`-n N` (`--dist load`) with the tests of ONE_WORKER_MODULES kept together."""
+    if config.getvalue("dist") != "load":
+        return None  # an explicit --dist choice is kept
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if os.path.basename(module) in ONE_WORKER_MODULES else nodeid
+
+    return Scheduling(config, log)

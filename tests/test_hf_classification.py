@@ -269,7 +269,8 @@ def test_word_starts(hub):
 def test_masked_lm_import(tmp_path):
     model, tok = _write_model(tmp_path / "mlm", "roberta", head="ForMaskedLM")
     summary = import_hf(tmp_path / "mlm", tmp_path / "run")
-    assert summary["mlm_head"] and summary["new"]  # a fresh classifier next to the LM head
+    assert summary["mlm_head"] and summary["new"] == []  # no classifier: a masked-LM run
+    assert load_for_inference(summary["workdir"]).run_config.task == "masked_lm"
     ids, mask = _batch(tok, TEXTS[:3])
     ours, _ = _our_outputs(summary["workdir"], ids)
     want = _torch_logits(model, ids, mask)
@@ -279,15 +280,17 @@ def test_masked_lm_import(tmp_path):
     assert diff < 1e-4
 
 
-def test_bare_encoder_gets_a_fresh_classifier(tmp_path):
+def test_bare_encoder_imports_without_a_head(tmp_path):
     model, _ = _write_model(tmp_path / "bare", "bert", head="Model")
     summary = import_hf(tmp_path / "bare", tmp_path / "run")
-    assert summary["new"] == ["head/classifier/kernel", "head/classifier/bias"]
-    params = load_for_inference(summary["workdir"]).params
-    np.testing.assert_array_equal(  # the pretrained pooler is kept
-        np.asarray(params["head"]["pooler"]["kernel"]), model.pooler.dense.weight.detach().numpy().T
+    assert summary["new"] == [] and summary["labels"] == []
+    loaded = load_for_inference(summary["workdir"])
+    assert loaded.model_config.num_labels == 0 and "head" not in loaded.params
+    assert "labels" not in loaded.processors  # a fine-tuning run brings its own
+    np.testing.assert_array_equal(
+        np.asarray(loaded.params["embed"]["embedding"]),
+        model.embeddings.word_embeddings.weight.detach().numpy(),
     )
-    assert np.asarray(params["head"]["classifier"]["kernel"]).shape == (32, len(LABELS))
 
 
 @pytest.mark.parametrize("model_type", ["bert", "xlm-roberta"])

@@ -47,10 +47,6 @@ TARGET_TEXTS = [
     "ellos comen pan y queso",
 ]
 
-# One xdist worker runs the whole module (`make test` uses `--dist loadgroup`): the
-# imported model is built once and its fine-tuning runs share compiled programs.
-pytestmark = pytest.mark.xdist_group("test_marian_import")
-
 QUERIES = ["the cat reads a book", "a bird in the park", "my old teacher", "tea"]
 MAX_NEW = 24
 
@@ -139,6 +135,17 @@ def marian(tmp_path_factory):
     """(source dir, torch model, import summary, workdir)."""
     src_dir = tmp_path_factory.mktemp("opus-mt-tiny")
     model = _write_marian(src_dir)
+    workdir = tmp_path_factory.mktemp("work") / "run"
+    summary = import_marian(str(src_dir), str(workdir))
+    return src_dir, model, summary, str(workdir)
+
+
+@pytest.fixture(scope="module")
+def marian_one_layer(tmp_path_factory):
+    """Like `marian` with one encoder and one decoder layer: the fine-tuning tests compile
+    its train step (a fraction of the two-layer one's compile time)."""
+    src_dir = tmp_path_factory.mktemp("opus-mt-one-layer")
+    model = _write_marian(src_dir, encoder_layers=1, decoder_layers=1)
     workdir = tmp_path_factory.mktemp("work") / "run"
     summary = import_marian(str(src_dir), str(workdir))
     return src_dir, model, summary, str(workdir)
@@ -362,7 +369,9 @@ def test_bad_inputs_are_refused(marian, tmp_path):
     _one_line_error(extra, str(tmp_path / "w5"), r"lacks weights \['model.decoder.layers.1.fc2")
 
 
-def test_imported_model_fine_tunes_and_resumes(marian, tmp_path, tmp_path_factory, data_dir):
+def test_imported_model_fine_tunes_and_resumes(
+    marian_one_layer, tmp_path, tmp_path_factory, data_dir
+):
     """`tjax train` on an imported workdir keeps Marian's architecture and tokenizers,
     starts from the imported weights with a fresh optimizer, and resumes like any run."""
     import shutil
@@ -372,7 +381,7 @@ def test_imported_model_fine_tunes_and_resumes(marian, tmp_path, tmp_path_factor
     from helpers import tiny_config, train
 
     workdir = str(tmp_path / "finetune")
-    shutil.copytree(marian[3], workdir)
+    shutil.copytree(marian_one_layer[3], workdir)
     imported = ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).restore(0)
     imported_params = jax.tree.map(np.asarray, imported["state"]["params"])
 
@@ -445,13 +454,13 @@ def test_smoothed_loss_of_an_imported_model_skips_its_banned_tokens(marian):
 
 
 def test_fine_tuning_an_imported_model_logs_a_sane_loss(
-    marian, tmp_path, tmp_path_factory, data_dir, capsys
+    marian_one_layer, tmp_path, tmp_path_factory, data_dir, capsys
 ):
     from helpers import tiny_config, train, train_losses
 
     workdir = str(tmp_path / "finetune")
-    shutil.copytree(marian[3], workdir)
-    V = marian[2]["model"]["vocab_size"]  # shared embeddings
+    shutil.copytree(marian_one_layer[3], workdir)
+    V = marian_one_layer[2]["model"]["vocab_size"]  # shared embeddings
     cfg = tiny_config(
         data_dir, train__num_steps=1, train__checkpoint_every=1, decode__bleu_examples=2
     )

@@ -39,10 +39,6 @@ from transformer_jax.train.evaluation import evaluate_checkpoint
 from transformer_jax.train.restore import load_for_inference
 from transformer_jax.train.trainer import Setup, evaluate_loss
 
-# One xdist worker runs the whole module (`make test` uses `--dist loadgroup`), so the
-# two-host runs of `two_host_runs` happen once.
-pytestmark = pytest.mark.xdist_group("test_multihost")
-
 TESTS = Path(__file__).resolve().parent
 STEPS = 4
 

@@ -22,10 +22,6 @@ from transformer_jax.config import ConfigError
 from transformer_jax.train import sharding as shd
 from transformer_jax.train.trainer import Setup, TrainState, train_and_evaluate, train_step
 
-# One xdist worker runs the whole module (`make test` uses `--dist loadgroup`): the
-# module-scoped `mesh_runs` compiles a train step per mesh and is built only once.
-pytestmark = pytest.mark.xdist_group("test_sharding")
-
 NUM_STEPS = 4
 
 # Every strategy the README offers, on 8 devices; names give data x fsdp x tensor x sequence.

@@ -287,7 +287,7 @@ class Setup:
             saved = ckpt.decode(step, "model", self.task.config_from_json, meta["model"])
             self._set_model(self.task.model_config_from_saved(saved))
         else:
-            self._set_model(self.task.model_config(processors))
+            self._set_model(self.task.model_config(self.processors))
         saved_params = ckpt.restore_state_on_host(step)["params"]
         init, abstract, shardings = self.abstract_state()
         matched = match_params(

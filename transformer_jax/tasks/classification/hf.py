@@ -602,9 +602,10 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
 def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
     """Converts a Hub BERT / RoBERTa / XLM-R folder into a workdir checkpoint at step 0.
 
-    A *ForSequenceClassification model brings its head; a *ForMaskedLM model its
-    masked-LM head; a model without a classification head gets a fresh one with
-    config.json's id2label (listed under "new" in the summary). Returns a summary:
+    A *ForSequenceClassification model brings its head and labels (id2label); a
+    *ForMaskedLM model its masked-LM head (the run is then a "masked_lm" one, for
+    `tjax fill-mask`). A model without a classification head gets none: a fine-tuning
+    run that starts from it (`train.init_from`) adds one for its own labels. Returns a summary:
     workdir, step, model_type, num_params, labels, new.
     """
     from transformer_jax.data.processors import processors_to_json
@@ -681,11 +682,9 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
     new_paths: list[tuple[str, ...]] = []
     if has_head:
         entries += head_names
-    else:  # a fresh classifier; BERT keeps its pretrained pooler when there is one
-        pooler = [e for e in head_names[:2] if model_type == "bert" and e[0] in weights]
-        entries += pooler
-        new_paths = [e[1] for e in head_names if e not in pooler]
-    if model_type != "bert":  # RobertaModel's pooler: unused by the classification head
+    else:  # no head: a fine-tuning run adds one for its own labels (train.init_from)
+        labels = LabelMap((), labels.problem_type)
+    if model_type != "bert" or not has_head:  # the pooler belongs to the classification head
         ignored |= {f"{prefix}pooler.dense.weight", f"{prefix}pooler.dense.bias"}
     if has_mlm:
         entries += _mlm_entries(model_type, D, V)
@@ -700,11 +699,13 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
         hf, D=D, N=N, F=F, layers=layers, P=P, T=T, offset=offset,
         labels=labels, head=head,
     )  # fmt: skip
+    if not has_head:  # what the imported model can do: fill masks, or be fine-tuned
+        run.task = "masked_lm" if has_mlm else "classification"
     config = model_config(
         run,
         vocab_size=V,
         pad_id=pad,
-        num_labels=labels.num_labels,
+        num_labels=labels.num_labels if has_head else 0,
         mlm_head=has_mlm,
         mask_id=tokenizer.mask_id,
     )
@@ -712,7 +713,9 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
     if new_paths:
         for path, value in _fresh_params(config, new_paths, run.seed).items():
             _set(params, path, value)
-    processors = {"tokenizer": tokenizer, "labels": labels}
+    processors = {"tokenizer": tokenizer}
+    if has_head:
+        processors["labels"] = labels
 
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(ckpt_dir, keep=1)

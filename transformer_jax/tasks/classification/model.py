@@ -40,7 +40,7 @@ class EncoderModelConfig:
     """The encoder's `TransformerConfig` plus what sits around it."""
 
     encoder: TransformerConfig
-    num_labels: int = 0  # 0: no classification head
+    num_labels: int = 0  # 0: no classification head (an encoder to fine-tune)
     head: str = "roberta"
     problem_type: str = "single_label"
     classifier_dropout: float | None = None  # None: the encoder's dropout_rate
@@ -65,8 +65,6 @@ class EncoderModelConfig:
             bad("model.position_offset", self.position_offset, "must be >= 0")
         if self.encoder.num_encoder_layers < 1:
             bad("model.num_encoder_layers", self.encoder.num_encoder_layers, "must be >= 1")
-        if self.num_labels == 0 and not self.mlm_head:
-            bad("num_labels", 0, "a model needs a classification head or the masked-LM head")
 
     # The trainer reads these of any model config.
     @property

@@ -139,6 +139,11 @@ class TextClassificationPipeline(_EncoderRunner):
 
     @classmethod
     def from_loaded(cls, loaded, **overrides) -> TextClassificationPipeline:
+        if not loaded.model_config.num_labels:
+            raise InputError(
+                "this checkpoint has no classification head: fine-tune it first "
+                "(tjax train --config.train.init_from=<this workdir>)"
+            )
         run = loaded.run_config
         kwargs = dict(
             params=loaded.params,
@@ -214,12 +219,28 @@ class FillMaskPipeline(_EncoderRunner):
             return tok.id_to_piece(s.mask_id)
         return tok.id_to_token(s.mask_id)
 
+    def _join_mask(self, ids: np.ndarray, mask_id: int) -> np.ndarray:
+        """SentencePiece writes " <mask>" as a bare word-start piece then the mask; in
+        training a masked word is one mask token, so the bare piece goes."""
+        if not hasattr(self.tokenizer, "id_to_piece"):
+            return ids
+        keep = [
+            j
+            for j in range(len(ids))
+            if not (
+                j + 1 < len(ids)
+                and ids[j + 1] == mask_id
+                and self.tokenizer.id_to_piece(int(ids[j])) == "\u2581"
+            )
+        ]
+        return ids[keep]
+
     def predict(self, texts, top_k: int = 5) -> list[list[dict[str, Any]]]:
         texts = _texts(texts)
         if isinstance(top_k, bool) or int(top_k) < 1:
             raise InputError(f"top_k must be >= 1, got {top_k!r}")
         mask_id = specials(self.tokenizer).mask_id
-        encoded = self.encode(texts, warn=True)
+        encoded = [self._join_mask(ids, mask_id) for ids in self.encode(texts, warn=True)]
         where = []
         for i, ids in enumerate(encoded):
             hits = np.flatnonzero(ids == mask_id)

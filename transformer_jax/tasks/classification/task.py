@@ -146,7 +146,7 @@ class ClassificationTask(Task):
             return {k: v for k, v in processors.items() if k != "labels"}
         labels = self.label_map()
         theirs = processors.get("labels")
-        if theirs is not None and theirs != labels:
+        if theirs is not None and theirs.names and theirs != labels:
             raise ConfigError(
                 f"the checkpoint's head predicts {list(theirs.names)} ({theirs.problem_type}), "
                 f"this run's labels are {list(labels.names)} ({labels.problem_type}): set "
@@ -205,7 +205,7 @@ class ClassificationTask(Task):
 
     def check_model_settings(self) -> None:
         stand_in = types.SimpleNamespace(
-            vocab_size=self.cfg.tokenizer.vocab_size, pad_id=0, bos_id=2, eos_id=1
+            vocab_size=self.cfg.tokenizer.vocab_size, pad_id=0, cls_id=2, sep_id=1, mask_id=4
         )
         procs = {"tokenizer": stand_in}
         if not self.mlm_head:
@@ -226,10 +226,19 @@ class ClassificationTask(Task):
         )
 
     def model_config_from_saved(self, saved: EncoderModelConfig) -> EncoderModelConfig:
-        """An imported (or pre-trained) model's architecture with this run's training knobs."""
+        """An imported (or pre-trained) model's architecture with this run's training knobs
+        and head: its labels, its problem type; no masked-LM head."""
         m = self.cfg.model
+        head = {}
+        if not self.mlm_head:
+            head = dict(
+                num_labels=self.label_map().num_labels,
+                problem_type=self.cfg.head.problem_type,
+                mlm_head=False,
+            )
         try:
             return saved.replace(
+                **head,
                 dropout_rate=m.dropout_rate,
                 dtype=jnp.dtype(m.dtype),
                 remat=m.remat,
