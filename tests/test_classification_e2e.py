@@ -53,8 +53,12 @@ def test_classify_tiny_beats_a_bag_of_words_on_unseen_combinations(classify_run,
     proc = _tjax(["eval", "--workdir", workdir, "--split", "test"], env)
     out = json.loads(proc.stdout.strip().splitlines()[-1])  # after the log lines
     acc = out["test/class_accuracy"]
-    source = lambda split: catalog.data_source("sentiment_reviews", split, env["TFDS_DATA_DIR"])  # noqa: E731
-    bow = corpus_sentiment.bag_of_words_baseline(source("train"), source("test"))
+
+    def rows(split):
+        source = catalog.data_source("sentiment_reviews", split, env["TFDS_DATA_DIR"])
+        return [(source[i]["text"], source[i]["label"]) for i in range(len(source))]
+
+    bow = corpus_sentiment.bag_of_words_baseline(rows("train"), rows("test"))
     print(f"classify_tiny: {seconds:.0f} s, test accuracy {acc:.4f}; bag of words {bow:.4f}")
     assert acc >= 0.95, out
     assert bow < acc - 0.1
@@ -63,7 +67,7 @@ def test_classify_tiny_beats_a_bag_of_words_on_unseen_combinations(classify_run,
     report = out["test/report"]
     assert set(report["per_class"]) == {"NEGATIVE", "NEUTRAL", "POSITIVE"}
     matrix = report["matrix"]
-    assert sum(map(sum, matrix)) == len(source("test"))
+    assert sum(map(sum, matrix)) == len(rows("test"))
     assert sum(matrix[i][i] for i in range(3)) / sum(map(sum, matrix)) == pytest.approx(acc)
     (png,) = out["files"]
     with open(png, "rb") as f:
@@ -128,9 +132,9 @@ def test_pretrain_then_fine_tune_from_the_encoder(tmp_path, env):
     encoder with a new head (said so at start-up); fill-mask answers."""
     mlm = tmp_path / "mlm"
     small = [
-        "--config.train.num_steps=120",
-        "--config.train.eval_every=120",
-        "--config.train.checkpoint_every=120",
+        "--config.train.num_steps=80",
+        "--config.train.eval_every=80",
+        "--config.train.checkpoint_every=80",
         "--config.optimizer.warmup_steps=20",
         "--config.model.num_encoder_layers=2",
     ]
