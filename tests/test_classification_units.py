@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from transformer_jax.config import ConfigError
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.tasks.classification.config import classification_base
 from transformer_jax.tasks.classification.data import label_value
@@ -181,3 +182,20 @@ def test_labels_outside_the_configured_ones_are_one_line_errors():
     np.testing.assert_array_equal(label_value(["a", "c"], multi), [1, 0, 1])
     with pytest.raises(ValueError, match="label names repeat"):
         LabelMap(("a", "a"))
+
+
+def test_dataset_label_ids_are_read_by_name_when_the_config_orders_them_otherwise(tmp_path):
+    labels = LabelMap(("POSITIVE", "NEGATIVE", "NEUTRAL"))
+    dataset_order = ["NEGATIVE", "NEUTRAL", "POSITIVE"]
+    assert [int(label_value(i, labels, dataset_order)) for i in range(3)] == [1, 2, 0]
+    cfg = classification_base()
+    cfg.data.data_dir = str(tmp_path)
+    cfg.data.labels = "POSITIVE,NEGATIVE,NEUTRAL"
+    task = ClassificationTask(cfg)
+    assert task.label_map() == labels and task.id_names(labels) == dataset_order
+    cfg.data.labels = "NEGATIVE,POSITIVE"  # the dataset also has NEUTRAL examples
+    with pytest.raises(ConfigError, match=r"does not list the label\(s\) \['NEUTRAL'\]"):
+        task.label_map()
+    cfg.data.labels = ""
+    assert task.label_map().names == tuple(dataset_order) and task.id_names(labels) is not None
+    assert task.id_names(task.label_map()) is None

@@ -24,8 +24,9 @@ from transformer_jax.tasks.classification.text import LabelMap, encode_input, sp
 from transformer_jax.train.task import InputError
 
 
-def label_value(value: Any, labels: LabelMap) -> np.ndarray:
-    """One example's label as the head's target (see the module docstring)."""
+def label_value(value: Any, labels: LabelMap, id_names: Sequence[str] | None = None) -> np.ndarray:
+    """One example's label as the head's target (see the module docstring). `id_names`
+    names the dataset's label ids when they are not the head's order."""
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
     kind = labels.problem_type
@@ -56,6 +57,8 @@ def label_value(value: Any, labels: LabelMap) -> np.ndarray:
         except ValueError as e:
             raise InputError(str(e)) from None
     index = int(value)
+    if id_names is not None and 0 <= index < len(id_names):
+        return label_value(id_names[index], labels)
     if not 0 <= index < labels.num_labels:
         raise InputError(
             f"label id {index} is outside the {labels.num_labels} configured labels "
@@ -75,11 +78,12 @@ class Encode:
         max_length: int,
         label_key: str | None = None,
         labels: LabelMap | None = None,
+        id_names: Sequence[str] | None = None,
         with_word_starts: bool = False,
     ):
         self.tokenizer = tokenizer
         self.text_key, self.label_key = text_key, label_key
-        self.labels = labels
+        self.labels, self.id_names = labels, id_names
         self.max_length = max_length
         self.with_word_starts = with_word_starts
         self.pad_id = specials(tokenizer).pad_id
@@ -92,7 +96,7 @@ class Encode:
         row[: len(ids)] = ids
         out = {"inputs": row, "weights": np.asarray(1.0, np.float32)}
         if self.labels is not None:
-            out["labels"] = label_value(_field(example, self.label_key), self.labels)
+            out["labels"] = label_value(_field(example, self.label_key), self.labels, self.id_names)
         if self.with_word_starts:
             starts = np.zeros(self.max_length, np.int32)
             starts[1 : len(ids) - 1] = word_starts(self.tokenizer, ids[1:-1])

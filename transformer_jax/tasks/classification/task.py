@@ -83,8 +83,15 @@ class ClassificationTask(Task):
         """`data.labels`, else the dataset's ClassLabel names (none for regression)."""
         d, kind = self.cfg.data, self.cfg.head.problem_type
         names = parse_names(d.labels)
-        if not names and kind != "regression":
-            names = self._dataset_label_names()
+        if kind != "regression":
+            theirs = self._dataset_label_names()
+            unlisted = [n for n in theirs if n not in names]
+            if names and unlisted:
+                raise ConfigError(
+                    f"config key 'data.labels'={d.labels!r} does not list the label(s) "
+                    f"{unlisted} of {d.name}'s {d.label_key!r} feature"
+                )
+            names = names or theirs
         if not names and kind != "regression":
             raise ConfigError(
                 f"config key 'data.labels' is empty and {d.name}'s {d.label_key!r} feature "
@@ -154,16 +161,26 @@ class ClassificationTask(Task):
             )
         return {**processors, "labels": labels}
 
+    def id_names(self, labels: LabelMap) -> list[str] | None:
+        """The dataset's names of its label ids when they are not the head's order
+        (`data.labels` listing them otherwise): ids are then read by name."""
+        if self.mlm_head or labels.problem_type == "regression":
+            return None
+        theirs = self._dataset_label_names()
+        return theirs if theirs and tuple(theirs) != labels.names else None
+
     def _encode(self, processors, with_labels: bool = True):
         from transformer_jax.tasks.classification.data import Encode
 
         d = self.cfg.data
+        labels = processors.get("labels") if with_labels and not self.mlm_head else None
         return Encode(
             processors["tokenizer"],
             text_key=d.text_key,
             max_length=d.max_length,
             label_key=d.label_key if with_labels and not self.mlm_head else None,
-            labels=processors.get("labels") if with_labels and not self.mlm_head else None,
+            labels=labels,
+            id_names=None if labels is None else self.id_names(labels),
             with_word_starts=self.mlm_head,
         )
 
@@ -548,11 +565,12 @@ class ClassificationEvaluator(Evaluator):
         source = self.task._source(split)
         n = len(source) if not limit else min(limit, len(source))
         labels: LabelMap = processors["labels"]
+        id_names = self.task.id_names(labels)
         texts, truth = [], []
         for i in range(n):
             ex = source[i]
             texts.append(_text(ex[cfg.data.text_key]))
-            truth.append(label_value(ex[cfg.data.label_key], labels))
+            truth.append(label_value(ex[cfg.data.label_key], labels, id_names))
         mesh = jax.sharding.get_mesh()
         pipe = TextClassificationPipeline(
             params=params,
