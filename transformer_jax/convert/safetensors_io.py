@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -96,3 +97,18 @@ def read_safetensors_dir(src_dir: str) -> dict[str, np.ndarray]:
             f"convert it to {SINGLE_FILE} first"
         )
     raise ValueError(f"missing {SINGLE_FILE} in {src_dir}")
+
+
+def read_json(src_dir: str, name: str, required: bool = True) -> Any:
+    """A JSON file of a Hub model folder (config.json, tokenizer_config.json, ...);
+    None when it is missing and not `required`; a one-line ValueError otherwise."""
+    path = os.path.join(src_dir, name)
+    if not os.path.isfile(path):
+        if required:
+            raise ValueError(f"missing {name} in {src_dir}")
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None

@@ -36,7 +36,7 @@ from tokenizers import (
 )
 from tokenizers.models import BPE, Unigram, WordPiece
 
-from transformer_jax.convert.safetensors_io import read_safetensors_dir
+from transformer_jax.convert.safetensors_io import read_json, read_safetensors_dir
 from transformer_jax.data.processors import register_processor
 from transformer_jax.tasks.classification.text import MASK_PIECE, LabelMap
 
@@ -225,19 +225,6 @@ class HFTokenizer:
 register_processor("hf_tokenizer", HFTokenizer, HFTokenizer.to_json, HFTokenizer.from_json)
 
 
-def _read_json(src_dir: str, name: str, required: bool = True) -> Any:
-    path = os.path.join(src_dir, name)
-    if not os.path.isfile(path):
-        if required:
-            raise ValueError(f"missing {name} in {src_dir}")
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-
-
 def _spm_proto(model_bytes: bytes, what: str):
     from sentencepiece import sentencepiece_model_pb2 as pb
 
@@ -308,7 +295,7 @@ def _add_specials(tok: Tokenizer, tok_cfg: dict[str, Any], specials: dict[str, s
 
 def tokenizer_from_dir(src_dir: str, model_type: str) -> HFTokenizer:
     """The tokenizer of a Hub folder (see the module docstring for the files read)."""
-    tok_cfg = _read_json(src_dir, "tokenizer_config.json", required=False) or {}
+    tok_cfg = read_json(src_dir, "tokenizer_config.json", required=False) or {}
     if not isinstance(tok_cfg, dict):
         raise ValueError("tokenizer_config.json must hold a JSON object")
     specials = dict(_SPECIALS[model_type])
@@ -618,7 +605,7 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
     ckpt_dir = checkpoint_dir(workdir)
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
         raise ValueError(f"{workdir} already holds checkpoints; import into a fresh workdir")
-    hf = _read_json(src_dir, "config.json")
+    hf = read_json(src_dir, "config.json")
     if not isinstance(hf, dict):
         raise ValueError("config.json must hold a JSON object")
     model_type = hf.get("model_type")

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from transformer_jax.convert.safetensors_io import read_safetensors_dir
+from transformer_jax.convert.safetensors_io import read_json, read_safetensors_dir
 from transformer_jax.data.processors import register_processor
 
 SPIECE_UNDERLINE = "\u2581"
@@ -179,7 +179,7 @@ class MarianTokenizer:
     @classmethod
     def from_dir(cls, src_dir: str) -> MarianTokenizer:
         """Reads source.spm, target.spm, vocab.json (+ tokenizer_config.json, target_vocab.json)."""
-        tok_cfg = _read_json(src_dir, "tokenizer_config.json", required=False) or {}
+        tok_cfg = read_json(src_dir, "tokenizer_config.json", required=False) or {}
         specials = {}
         for key, default in (("eos_token", "</s>"), ("unk_token", "<unk>"), ("pad_token", "<pad>")):
             value = tok_cfg.get(key, default)
@@ -190,10 +190,10 @@ class MarianTokenizer:
             specials[key] = value
         source_spm = _read_bytes(src_dir, "source.spm")
         target_spm = _read_bytes(src_dir, "target.spm")
-        vocab = _read_json(src_dir, "vocab.json")
+        vocab = read_json(src_dir, "vocab.json")
         target_vocab = None
         if tok_cfg.get("separate_vocabs", False):
-            target_vocab = _read_json(src_dir, "target_vocab.json")
+            target_vocab = read_json(src_dir, "target_vocab.json")
         return cls(source_spm, target_spm, vocab, target_vocab, **specials)
 
     def to_json(self) -> dict[str, Any]:
@@ -241,19 +241,6 @@ def _read_bytes(src_dir: str, name: str) -> bytes:
         raise ValueError(f"missing {name} in {src_dir}")
     with open(path, "rb") as f:
         return f.read()
-
-
-def _read_json(src_dir: str, name: str, required: bool = True) -> Any:
-    path = os.path.join(src_dir, name)
-    if not os.path.isfile(path):
-        if required:
-            raise ValueError(f"missing {name} in {src_dir}")
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -352,7 +339,7 @@ HF_DEFAULT_NEW_TOKENS = 20
 def _generation_settings(src_dir: str, hf: dict[str, Any]) -> dict[str, Any]:
     """Decoding defaults as `generate()` reads them: generation_config.json when there is
     one, else the generation keys of config.json. Unset (null) keys are left out."""
-    gen = _read_json(src_dir, "generation_config.json", required=False)
+    gen = read_json(src_dir, "generation_config.json", required=False)
     if gen is None:
         gen = {k: hf[k] for k in _GENERATION_KEYS if k in hf}
     elif not isinstance(gen, dict):
@@ -736,7 +723,7 @@ def import_marian(src_dir: str, workdir: str) -> dict[str, Any]:
     ckpt_dir = checkpoint_dir(workdir)
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
         raise ValueError(f"{workdir} already holds checkpoints; import into a fresh workdir")
-    hf = _read_json(src_dir, "config.json")
+    hf = read_json(src_dir, "config.json")
     _check_marian_config(hf)
     gen = _generation_settings(src_dir, hf)
     weights = read_safetensors_dir(src_dir)
