@@ -53,6 +53,7 @@ def trained(tmp_path_factory):
 # per worker.
 ONE_WORKER_MODULES = {
     "test_classification_e2e.py",
+    "test_generation_e2e.py",
     "test_hf_classification.py",
     "test_marian_import.py",
     "test_multihost.py",

@@ -40,15 +40,22 @@ def test_the_expected_configs_exist():
     assert {"translate_tiny.py", "translate_wmt14_base.py", "translate_wmt14_big.py"} <= names
     assert {"classify_tiny.py", "classify_sst2_base.py", "classify_imdb_base.py"} <= names
     assert "mlm_tiny.py" in names
+    assert {"lm_tiny.py", "lm_gpt2_124m.py", "lm_llama_1b.py"} <= names
 
 
 # A shipped config's name starts with its task's word.
-TASK_OF_PREFIX = {"translate_": "translation", "classify_": "classification", "mlm_": "masked_lm"}
+TASK_OF_PREFIX = {
+    "translate_": "translation",
+    "classify_": "classification",
+    "mlm_": "masked_lm",
+    "lm_": "causal_lm",
+}
 # One override per task into a group only that task's configs have: (key, raw, value).
 TASK_OVERRIDE = {
     "translation": ("decode.alpha", "0.5", 0.5),
     "classification": ("head.dropout", "0.2", 0.2),
     "masked_lm": ("mlm.mask_rate", "0.2", 0.2),
+    "causal_lm": ("generate.top_k", "5", 5),
 }
 
 

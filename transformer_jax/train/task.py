@@ -183,20 +183,27 @@ TASKS: dict[str, str] = {
     "translation": "transformer_jax.tasks.translation.task:TranslationTask",
     "classification": "transformer_jax.tasks.classification.task:ClassificationTask",
     "masked_lm": "transformer_jax.tasks.classification.task:MaskedLMTask",
+    "causal_lm": "transformer_jax.tasks.generation.task:CausalLMTask",
 }
 
 # `tjax import-hf`: a Hugging Face config.json's model_type -> its importer
 # `fn(src_dir, workdir) -> summary`; `tjax export-hf`: a run's task -> its exporter
 # `fn(workdir, out_dir) -> summary`. Import paths, like TASKS.
 _HF_CLASSIFICATION = "transformer_jax.tasks.classification.hf"
+_HF_GENERATION = "transformer_jax.tasks.generation.hf"
 HF_IMPORTERS: dict[str, str] = {
     "marian": "transformer_jax.tasks.translation.marian:import_marian",
     "bert": f"{_HF_CLASSIFICATION}:import_hf",
     "roberta": f"{_HF_CLASSIFICATION}:import_hf",
     "xlm-roberta": f"{_HF_CLASSIFICATION}:import_hf",
+    "gpt2": f"{_HF_GENERATION}:import_hf",
+    "llama": f"{_HF_GENERATION}:import_hf",
+    "mistral": f"{_HF_GENERATION}:import_hf",
+    "qwen2": f"{_HF_GENERATION}:import_hf",
 }
 HF_EXPORTERS: dict[str, str] = {
     "classification": f"{_HF_CLASSIFICATION}:export_hf",
+    "causal_lm": f"{_HF_GENERATION}:export_hf",
 }
 
 
