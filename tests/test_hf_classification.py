@@ -318,12 +318,12 @@ def test_cli_import_and_export(hub, tmp_path, capsys):
     assert cli_main(["export-hf", "--workdir", str(tmp_path / "run"), "--to", str(out)]) == 0
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     # An unknown model_type: one line listing the supported ones.
-    bad = tmp_path / "gpt"
+    bad = tmp_path / "falcon"
     bad.mkdir()
-    (bad / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (bad / "config.json").write_text(json.dumps({"model_type": "falcon"}))
     assert cli_main(["import-hf", "--from", str(bad), "--to", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "'gpt2'" in err and "bert" in err and "marian" in err
+    assert "\n" not in err and "'falcon'" in err and "bert" in err and "marian" in err
 
 
 def _broken(src, dst, change):

@@ -274,10 +274,15 @@ class ContinuationEvaluator(Evaluator):
             references.append(" ".join(words[cut:]))
         tok = processors["tokenizer"]
         longest = max((len(tok.encode(r)) for r in references), default=1)
-        pipe = TextGenerationPipeline(
-            config, params, tok, settings=dict(cfg.generate), mesh_ready=True
+        pipe = TextGenerationPipeline(params, config, tok, settings=dict(cfg.generate))
+        outs = pipe(
+            prompts,
+            max_new_tokens=longest + 2,
+            temperature=0.0,
+            num_beams=1,
+            num_return_sequences=1,
+            return_full_text=False,
         )
-        outs = pipe(prompts, max_new_tokens=longest + 2, return_full_text=False)
         hyps = [o[0]["generated_text"].strip() for o in outs]
         match = [h == r.strip() for h, r in zip(hyps, references)]
         return {
