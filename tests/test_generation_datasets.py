@@ -111,4 +111,6 @@ def test_a_short_training_run_then_generate(name, tmp_path, tmp_path_factory, ca
     capsys.readouterr()
     assert main(["generate", "--workdir", workdir, "--json", "a b", "c"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert [x[0]["generated_text"][:3] for x in lines] == ["a b", "c"]
+    assert len(lines) == 2
+    assert lines[0][0]["generated_text"].startswith("a b")
+    assert lines[1][0]["generated_text"].startswith("c")

@@ -59,7 +59,8 @@ def lm_run(tmp_path_factory, env):
 
 def _texts(env, split):
     source = catalog.data_source("lm_corpus", split, env["TFDS_DATA_DIR"])
-    return [source[i]["text"] for i in range(len(source))]
+    texts = (source[i]["text"] for i in range(len(source)))
+    return [t.decode("utf-8") if isinstance(t, bytes) else t for t in texts]
 
 
 def test_perplexity_is_far_below_unigram_and_bigram_models(lm_run, env):

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser(
         "import-hf",
-        help="import a Hugging Face folder (safetensors): MarianMT, BERT, RoBERTa, XLM-R",
+        help="import a Hugging Face folder (safetensors): MarianMT, BERT, RoBERTa, XLM-R, GPT-2, Llama, Mistral, Qwen2",
     )
     h.add_argument(
         "--from",
