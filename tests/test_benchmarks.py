@@ -89,3 +89,28 @@ def test_classify_bench_quick_reports_both_sides(tmp_path):
     for side in ("ours", "torch"):
         assert result["train"][side]["loss_finite"], side
     assert set(report["vector_extensions"]) >= {"avx2", "avx512f"}
+
+
+def test_generate_bench_quick_reports_both_sides(tmp_path):
+    pytest.importorskip("transformers")
+    from benchmarks import generate_bench
+
+    generate_bench.main(["--quick", "--out-dir", str(tmp_path)])
+
+    [json_path] = tmp_path.glob("generate_cpu_*_quick.json")
+    assert "| ours tok/s |" in (tmp_path / "generate_cpu_quick.md").read_text()
+    report = json.loads(json_path.read_text())
+    shape = generate_bench.QUICK_SHAPE
+    rows = report["generation"]
+    assert {(r["batch"], r["mode"]) for r in rows} == {
+        (b, m) for b in shape.batches for m in generate_bench.MODES
+    }
+    for row in rows:
+        for side in ("ours", "theirs"):
+            assert _positive(row[side]["tokens_per_s"]), (side, row)
+            assert _positive(row[side]["prefill_first_token_s"]), (side, row)
+        assert _positive(row["ratio_ours_over_theirs"]) and _positive(row["bound"]["bound_ms"])
+    assert _positive(report["ttft"]["ours"]) and _positive(report["ttft"]["theirs"])
+    # Same weights on both sides: greedy decoding agrees (a near-tie may flip a token).
+    assert all(v >= 0.9 for v in report["greedy_agreement"].values()), report["greedy_agreement"]
+    assert report["load_average_end"] is not None

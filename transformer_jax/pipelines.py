@@ -6,6 +6,9 @@ translator(["The cat sleeps on the couch."])
 classifier = pipeline("text-classification", workdir="runs/classify")
 classifier("Este producto es excelente.")
 # [{'label': 'POSITIVE', 'score': 0.98}]
+generator = pipeline("text-generation", workdir="runs/lm")
+generator("Ana has a red kite.", max_new_tokens=16)
+# [{'generated_text': 'Ana has a red kite. She takes her red kite to the park.'}]
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ slots per row (the last generated token is never fed back).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -37,6 +38,7 @@ __all__ = [
     "generate",
     "prefill_prompts",
     "prompt_layout",
+    "prompt_tokens_seen",
 ]
 
 
@@ -64,6 +66,27 @@ def prompt_layout(prompt_mask_BT: jax.Array) -> PromptLayout:
     return PromptLayout(positions_BT, real_BT.astype(jnp.int32), count_BT[:, -1], last_B)
 
 
+def prompt_tokens_seen(prompts_BT: jax.Array, prompt_mask_BT: jax.Array, vocab: int):
+    """bool[B, V]: the token ids in each row's real prompt tokens (padding excluded)."""
+    prompts_BT = jnp.asarray(prompts_BT, jnp.int32)
+    real_BT = jnp.asarray(prompt_mask_BT) != 0
+    rows_B1 = jnp.arange(prompts_BT.shape[0])[:, None]
+    return jnp.zeros((prompts_BT.shape[0], vocab), bool).at[rows_B1, prompts_BT].max(real_BT)
+
+
+def _seen(repetition_penalty, prompts_BT, prompt_mask_BT, first: Prefilled):
+    if isinstance(repetition_penalty, int | float) and repetition_penalty == 1.0:
+        return None  # static no-op: nothing to build
+    return prompt_tokens_seen(prompts_BT, prompt_mask_BT, first.logits.shape[-1])
+
+
+def _takes_logits_index(prefill: PrefillFn) -> bool:
+    try:
+        return "logits_index_B" in inspect.signature(prefill).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def prefill_prompts(
     prefill: PrefillFn,
     params: PyTree,
@@ -76,18 +99,25 @@ def prefill_prompts(
     """Runs every prompt through the model in one call.
 
     ``prefix_lengths`` (``int[B]``, prefix-LM) makes each row's first real tokens attend
-    bidirectionally; the prefill callable then receives ``prefix_BT`` as well.
+    bidirectionally; the prefill callable then receives ``prefix_BT`` as well. A prefill
+    callable with a keyword ``logits_index_B`` gets each row's last real column there and
+    returns logits ``[B, 1, V]`` of those tokens only (no output projection of the rest).
     """
     layout = prompt_layout(prompt_mask_BT)
     extra = ()
     if prefix_lengths is not None:
         prefix_B1 = jnp.asarray(prefix_lengths, jnp.int32).reshape(-1, 1)
         extra = ((layout.positions < prefix_B1) & (layout.segment_ids != 0),)
+    last_only = _takes_logits_index(prefill)
+    kwargs = {"logits_index_B": layout.last_index} if last_only else {}
     logits_BTV, cache = prefill(
-        params, cache, prompts_BT, layout.positions, layout.segment_ids, *extra
+        params, cache, prompts_BT, layout.positions, layout.segment_ids, *extra, **kwargs
     )
-    last_B11 = layout.last_index[:, None, None]
-    logits_BV = jnp.take_along_axis(logits_BTV, last_B11, axis=1)[:, 0, :]
+    if last_only:
+        logits_BV = logits_BTV[:, 0, :]
+    else:
+        last_B11 = layout.last_index[:, None, None]
+        logits_BV = jnp.take_along_axis(logits_BTV, last_B11, axis=1)[:, 0, :]
     return Prefilled(logits_BV.astype(jnp.float32), cache, layout.lengths)
 
 
@@ -109,10 +139,13 @@ def generate(
     prefix_lengths: jax.Array | None = None,
     forced_eos: bool = False,
     banned_ids: Sequence[int] = (),
+    repetition_penalty: float | jax.Array = 1.0,
 ) -> jax.Array:
     """Continuations ``int32[B, max_new_tokens]`` of padded prompts: greedy or sampled.
 
-    Greedy at ``temperature`` 0, else sampling with ``top_k``/``top_p`` (needs ``rng``).
+    Greedy at ``temperature`` 0, else sampling with ``top_k``/``top_p`` (needs ``rng``: one
+    key, or ``key[B]`` for per-row samples independent of the other rows).
+    ``repetition_penalty`` counts each row's prompt tokens and its generated ones.
     Rows end after ``eos_id`` (kept) or ``max_lengths[b]`` tokens, then hold
     ``search.PAD_ID``. Jittable with the callables and static options closed over.
     """
@@ -135,6 +168,8 @@ def generate(
         forced_eos=forced_eos,
         banned_ids=banned_ids,
         initial_logits=first.logits,
+        repetition_penalty=repetition_penalty,
+        seen=_seen(repetition_penalty, prompts_BT, prompt_mask_BT, first),
     )
 
 
@@ -156,6 +191,7 @@ def beam_generate(
     prefix_lengths: jax.Array | None = None,
     forced_eos: bool = False,
     banned_ids: Sequence[int] = (),
+    repetition_penalty: float | jax.Array = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
     """Beam search over padded prompts: ``(int32[B, K, max_new_tokens], float32[B, K])``.
 
@@ -181,6 +217,8 @@ def beam_generate(
         forced_eos=forced_eos,
         banned_ids=banned_ids,
         initial_logits=first.logits,
+        repetition_penalty=repetition_penalty,
+        seen=_seen(repetition_penalty, prompts_BT, prompt_mask_BT, first),
     )
 
 

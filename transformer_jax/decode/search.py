@@ -16,8 +16,11 @@ produced it, and are padded with ``PAD_ID`` afterwards.
 Two options follow Hugging Face's logits processors: ``banned_ids`` (tokens never generated;
 their log-probability is set to -inf after the log-softmax, like ``bad_words_ids``) and
 ``forced_eos`` (the last allowed token of an example is ``eos_id``, like
-``forced_eos_token_id``). Beam search scores finished hypotheses either with the paper's GNMT
-penalty or, with ``length_penalty_type="hf"``, exactly as ``transformers`` does.
+``forced_eos_token_id``); ``repetition_penalty`` follows ``RepetitionPenaltyLogitsProcessor``
+(a token already in the row, prompt included via ``seen``, has its score divided by the
+penalty when positive, multiplied when negative). Beam search scores finished hypotheses
+either with the paper's GNMT penalty or, with ``length_penalty_type="hf"``, exactly as
+``transformers`` does.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ __all__ = [
     "greedy_search",
     "hf_length_penalty",
     "length_penalty",
+    "penalize_repetitions",
     "sample_logits",
     "unflatten_beams",
 ]
@@ -163,6 +167,46 @@ def _process(
     return scores
 
 
+def penalize_repetitions(scores: jax.Array, seen: jax.Array, penalty: float | jax.Array):
+    """Hugging Face's repetition penalty on ``scores [..., V]`` where ``seen [..., V]`` is set."""
+    penalized = jnp.where(scores > 0, scores / penalty, scores * penalty)
+    return jnp.where(seen, penalized, scores)
+
+
+def _initial_seen(
+    repetition_penalty: Any,
+    seen: jax.Array | None,
+    shape: tuple[int, ...],
+    vocab: Callable[[], int],
+) -> jax.Array | None:
+    """bool ``shape + [V]`` of tokens already in each row, or None when no penalty applies."""
+    if _is_static_value(repetition_penalty, 1.0):
+        return None
+    if seen is None:
+        return jnp.zeros((*shape, vocab()), bool)
+    return jnp.asarray(seen).astype(bool).reshape(*shape, -1)
+
+
+def _mark_seen(seen: jax.Array | None, tokens: jax.Array) -> jax.Array | None:
+    if seen is None:
+        return None
+    vocab_V = jnp.arange(seen.shape[-1], dtype=jnp.int32).reshape((1,) * tokens.ndim + (-1,))
+    return seen | (vocab_V == tokens[..., None])
+
+
+def _per_row_keys(rng: jax.Array, batch_size: int) -> bool:
+    """True when ``rng`` holds one key per row (``key[B]`` or raw ``uint32[B, 2]``)."""
+    rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
+    typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    if rng.ndim == (0 if typed else 1):
+        return False
+    if rng.ndim != (1 if typed else 2) or rng.shape[0] != batch_size:
+        raise ValueError(
+            f"rng of shape {rng.shape}: expected one key or one per row ({batch_size})"
+        )
+    return True
+
+
 def _check_banned(banned_ids: Any) -> tuple[int, ...]:
     banned = tuple(int(i) for i in banned_ids)
     if any(i < 0 for i in banned):
@@ -190,6 +234,37 @@ def _is_static_value(x: Any, value: float, *, at_least: bool = False) -> bool:
     return x >= value if at_least else x == value
 
 
+def _top_p_threshold(scaled: jax.Array, top_p: float | jax.Array) -> jax.Array:
+    """The smallest value top-p keeps in each row of ``scaled: [B, V]``, as ``[B, 1]``.
+
+    A value is kept when the probability of the values strictly above it is below ``top_p``
+    (the largest always is): the sorted-cumulative-sum rule without sorting the vocabulary,
+    which is slow on CPU. The threshold is found by bisection over the float32 order
+    (int32 keys that sort as the floats do), 32 masked sums in all; ``top_p >= 1`` keeps
+    every token.
+    """
+    probs = jax.nn.softmax(scaled, axis=-1)
+    bits = lax.bitcast_convert_type(scaled, jnp.int32)
+    keys = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+    top_p = jnp.asarray(top_p, jnp.float32)
+
+    def mass_above(k_B1: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.where(keys > k_B1, probs, 0.0), axis=-1, keepdims=True)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+        below = mass_above(mid) < top_p
+        return jnp.where(below, lo, mid + 1), jnp.where(below, mid, hi)
+
+    # Smallest key whose mass above is below top_p (the largest key when none is).
+    bounds = (jnp.min(keys, axis=-1, keepdims=True), jnp.max(keys, axis=-1, keepdims=True))
+    _, key_B1 = lax.fori_loop(0, 32, halve, bounds)
+    threshold = jnp.min(jnp.where(keys >= key_B1, scaled, jnp.inf), axis=-1, keepdims=True)
+    # top_p >= 1 keeps everything, whatever the rounding of the masses.
+    return jnp.where(top_p >= 1.0, -jnp.inf, threshold)
+
+
 def sample_logits(
     logits: jax.Array,
     rng: jax.Array,
@@ -214,12 +289,7 @@ def sample_logits(
         kth = lax.top_k(scaled, top_k)[0][:, -1:]
         scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
     if not _is_static_value(top_p, 1.0, at_least=True):
-        sorted_desc = -jnp.sort(-scaled, axis=-1)
-        probs = jax.nn.softmax(sorted_desc, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        first = (jnp.arange(sorted_desc.shape[-1]) == 0)[None, :]
-        keep = (mass_before < top_p) | first
-        threshold = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+        threshold = _top_p_threshold(scaled, top_p)
         scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
     sampled = jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
     return jnp.where(temperature > 0, sampled, argmax)
@@ -231,6 +301,7 @@ class _GreedyState(NamedTuple):
     seqs: jax.Array  # int32[B, L]
     finished: jax.Array  # bool[B]: eos emitted
     cache: PyTree
+    seen: jax.Array | None = None  # bool[B, V]: tokens in the row (repetition penalty only)
 
 
 def greedy_search(
@@ -249,6 +320,8 @@ def greedy_search(
     forced_eos: bool = False,
     banned_ids: Sequence[int] = (),
     initial_logits: jax.Array | None = None,
+    repetition_penalty: float | jax.Array = 1.0,
+    seen: jax.Array | None = None,
 ) -> jax.Array:
     """Greedy (``temperature == 0``) or sampled decoding; returns ``int32[B, max_decode_len]``.
 
@@ -260,11 +333,17 @@ def greedy_search(
 
     ``initial_logits`` (``[B, V]``, e.g. from a prefilled prompt) choose the first token
     instead of a model step on ``start_id``; the model is then fed that token first.
+
+    ``rng`` is one key, or one key per row (``key[B]``): then a row's samples depend only on
+    its own key and the step, never on the other rows. ``repetition_penalty`` (1.0: off)
+    penalizes tokens generated so far and those set in ``seen`` (``bool[B, V]``, e.g. the
+    prompt's), before ``banned_ids``, ``forced_eos`` and the sampling options.
     """
     banned_ids = _check_banned(banned_ids)
     sampling = not _is_static_value(temperature, 0.0)
     if sampling and rng is None:
         raise ValueError("greedy_search: `rng` is required when temperature != 0.")
+    per_row = sampling and _per_row_keys(rng, batch_size)
     max_lengths = _resolve_max_lengths(max_lengths, batch_size, max_decode_len)
 
     def done(state: _GreedyState) -> jax.Array:
@@ -274,6 +353,8 @@ def greedy_search(
         return (state.step < max_decode_len) & ~jnp.all(done(state))
 
     def choose(state: _GreedyState, logits: jax.Array, new_cache: PyTree) -> _GreedyState:
+        if state.seen is not None:
+            logits = penalize_repetitions(logits, state.seen, repetition_penalty)
         logits = _process(
             logits,
             state.step,
@@ -282,7 +363,16 @@ def greedy_search(
             forced_eos=forced_eos,
             banned_ids=banned_ids,
         )
-        if sampling:
+        if per_row:
+            # Each row samples alone with its own key: vmap over rows (and keys).
+            def sample_row(logits_V, key):
+                key = jax.random.fold_in(key, state.step)
+                return sample_logits(
+                    logits_V[None], key, temperature=temperature, top_k=top_k, top_p=top_p
+                )[0]
+
+            tokens = jax.vmap(sample_row)(logits, rng)
+        elif sampling:
             key = jax.random.fold_in(rng, state.step)
             tokens = sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
         else:
@@ -291,7 +381,8 @@ def greedy_search(
         tokens = jnp.where(was_done, PAD_ID, tokens)
         seqs = lax.dynamic_update_slice_in_dim(state.seqs, tokens[:, None], state.step, axis=1)
         finished = state.finished | (~was_done & (tokens == eos_id))
-        return _GreedyState(state.step + 1, tokens, seqs, finished, new_cache)
+        seen = _mark_seen(state.seen, tokens)
+        return _GreedyState(state.step + 1, tokens, seqs, finished, new_cache, seen)
 
     def body(state: _GreedyState) -> _GreedyState:
         logits, new_cache = _step_logits(tokens_to_logits, state.last, state.cache)
@@ -304,11 +395,27 @@ def greedy_search(
         finished=jnp.zeros((batch_size,), bool),
         cache=cache,
     )
+    init = init._replace(
+        seen=_initial_seen(
+            repetition_penalty,
+            seen,
+            (batch_size,),
+            lambda: _vocab_size(tokens_to_logits, init, initial_logits),
+        )
+    )
     if initial_logits is not None and max_decode_len > 0:
         logits = jnp.asarray(initial_logits).reshape(batch_size, -1).astype(jnp.float32)
         # A first step only where the loop would take one (some example not yet done).
         init = lax.cond(cond(init), lambda s: choose(s, logits, s.cache), lambda s: s, init)
     return lax.while_loop(cond, body, init).seqs
+
+
+def _vocab_size(tokens_to_logits: StepFn, init: Any, initial_logits: jax.Array | None) -> int:
+    if initial_logits is not None:
+        return int(jnp.shape(initial_logits)[-1])
+    last = init.last if hasattr(init, "last") else init.alive_last.reshape(-1)
+    out = jax.eval_shape(lambda c: tokens_to_logits(last[:, None], c)[0], init.cache)
+    return int(out.shape[-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,6 +433,7 @@ class _BeamState(NamedTuple):
     fin_flags: jax.Array  # bool[B, K]: slot holds a real hypothesis
     improvable: jax.Array  # bool[B]: "hf" scoring: a live beam may still beat a finished one
     cache: PyTree  # leaves [B * K, ...]
+    seen: jax.Array | None = None  # bool[B, K, V]: tokens in the beam (repetition penalty)
 
 
 def beam_search(
@@ -344,6 +452,8 @@ def beam_search(
     forced_eos: bool = False,
     banned_ids: Sequence[int] = (),
     initial_logits: jax.Array | None = None,
+    repetition_penalty: float | jax.Array = 1.0,
+    seen: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Beam search with length penalty; returns ``(int32[B, K, L], float32[B, K])`` best first.
 
@@ -367,6 +477,9 @@ def beam_search(
 
     ``initial_logits`` (``[B, V]``, e.g. from a prefilled prompt) score the first extensions
     instead of a model step on ``start_id``.
+
+    ``repetition_penalty`` (1.0: off) applies to the log-probabilities, as in ``transformers``'
+    beam search, of tokens in the beam so far and those set in ``seen`` (``bool[B, V]``).
     """
     if length_penalty_type not in LENGTH_PENALTY_TYPES:
         raise ValueError(
@@ -414,6 +527,8 @@ def beam_search(
     def extend(state: _BeamState, logits: jax.Array, new_cache: PyTree) -> _BeamState:
         vocab = logits.shape[-1]
         logp = jax.nn.log_softmax(logits, axis=-1).reshape(B, K, vocab)
+        if state.seen is not None:
+            logp = penalize_repetitions(logp, state.seen, repetition_penalty)
         logp = _process(
             logp,
             state.step,
@@ -465,16 +580,21 @@ def beam_search(
             worst = jnp.where(fin_flags, jnp.min(fin_scores, axis=1, keepdims=True), NEG_INF)
             improvable &= jnp.any(best_alive[:, None] > worst, axis=1)
 
+        alive_last = jnp.take_along_axis(tokens, alive_pos, axis=1)
+        seen = state.seen
+        if seen is not None:
+            seen = _mark_seen(gather_beams(seen, alive_src), alive_last)
         return _BeamState(
             step=new_len,
             alive_seqs=gather_beams(seqs, alive_pos),
-            alive_last=jnp.take_along_axis(tokens, alive_pos, axis=1),
+            alive_last=alive_last,
             alive_logp=alive_logp,
             fin_seqs=fin_seqs,
             fin_scores=fin_scores,
             fin_flags=fin_flags,
             improvable=improvable,
             cache=cache,
+            seen=seen,
         )
 
     init_logp = jnp.where(jnp.arange(K) == 0, 0.0, NEG_INF)[None, :]
@@ -489,6 +609,11 @@ def beam_search(
         improvable=jnp.ones((B,), bool),
         cache=flatten_beams(expand_to_beams(cache, K)),
     )
+    seen_BV = _initial_seen(
+        repetition_penalty, seen, (B,), lambda: _vocab_size(tokens_to_logits, init, initial_logits)
+    )
+    if seen_BV is not None:
+        init = init._replace(seen=expand_to_beams(seen_BV, K))
     if initial_logits is not None and L > 0:
         logits = jnp.asarray(initial_logits, jnp.float32).reshape(B, -1)
         logits = flatten_beams(expand_to_beams(logits, K))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.nn.positions import apply_rope
-from transformer_jax.ops.attention import dot_product_attention
+from transformer_jax.ops.attention import _MASK_VALUE, _visible, dot_product_attention
 
 
 class Projection(nn.Module):
@@ -60,10 +62,36 @@ def _proj(features: tuple[int, ...], axes, config: TransformerConfig, name: str,
     return Projection(in_features, features, axes, config, name=name)
 
 
-def _write_rows(cache_BS: jax.Array, new_BT: jax.Array, index_B: jax.Array) -> jax.Array:
-    """Writes ``new_BT[b]`` into ``cache_BS[b]`` from slot ``index_B[b]`` on (axis 1)."""
-    write = lambda c, x, i: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), i, axis=0)
-    return jax.vmap(write)(cache_BS, new_BT, index_B)
+def _write_slots(cache: jax.Array, new: jax.Array, index: jax.Array, axis: int) -> jax.Array:
+    """Writes ``new`` into ``cache`` from slot ``index`` on (along ``axis``), in every row.
+
+    One dynamic-update-slice at a scalar index, so inside a decoding loop XLA updates the
+    cache buffer in place (a per-row index would rewrite the whole cache every step).
+    """
+    return jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), index, axis=axis)
+
+
+def _attend_slots(q_BTNH, k_BKSH, v_BKSH, visible_BTS) -> jax.Array:
+    """Masked attention over a cache laid out [B, K, S, H].
+
+    The arithmetic of the "xla" attention core (float32 scores and softmax), reading keys
+    and values in the layout the matmuls want, so a decoding step never copies the cache.
+    """
+    B, T, N, H = q_BTNH.shape
+    K = k_BKSH.shape[1]
+    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    s_BKGTS = jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, k_BKSH, preferred_element_type=jnp.float32)
+    s_BKGTS = s_BKGTS * (1.0 / math.sqrt(H))
+    mask_B11TS = visible_BTS[:, None, None]
+    s_BKGTS = jnp.where(mask_B11TS, s_BKGTS, _MASK_VALUE)
+    p_BKGTS = jnp.where(mask_B11TS, jax.nn.softmax(s_BKGTS, axis=-1), 0.0)
+    out_BTKGH = jnp.einsum(
+        "bkgts,bksh->btkgh",
+        p_BKGTS.astype(v_BKSH.dtype),
+        v_BKSH,
+        preferred_element_type=jnp.float32,
+    )
+    return out_BTKGH.reshape(B, T, N, H).astype(q_BTNH.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -82,7 +110,8 @@ class MultiHeadAttention(nn.Module):
     into the next T slots of each row (`cache_index` [B]) together with their segment ids
     (`cached_segment_ids`, 0 = padding, never attended) and positions (`cached_positions`),
     so rows may hold prompts of different lengths, left- or right-padded, and each row
-    keeps its own positions. A call with T = S_max creates the cache.
+    keeps its own positions. A call with T = S_max creates the cache. Its keys and values
+    are laid out [B, K, S_max, H], the layout the attention matmuls read.
 
     Cross-attention cache: the projected encoder keys/values and the source segment ids are
     stored once, when the cache is created (`EncoderDecoder.init_cache`), so decoding steps
@@ -178,8 +207,8 @@ class MultiHeadAttention(nn.Module):
         B, T, K, H = k_BTKH.shape
         is_init = not self.has_variable("cache", "cached_key")
         # The cache is created by a call whose T is the cache length S_max.
-        ck = self.variable("cache", "cached_key", jnp.zeros, (B, T, K, H), k_BTKH.dtype)
-        cv = self.variable("cache", "cached_value", jnp.zeros, (B, T, K, H), v_BTKH.dtype)
+        ck = self.variable("cache", "cached_key", jnp.zeros, (B, K, T, H), k_BTKH.dtype)
+        cv = self.variable("cache", "cached_value", jnp.zeros, (B, K, T, H), v_BTKH.dtype)
         cseg = self.variable("cache", "cached_segment_ids", jnp.zeros, (B, T), jnp.int32)
         cpos = self.variable("cache", "cached_positions", jnp.zeros, (B, T), jnp.int32)
         cidx = self.variable("cache", "cache_index", jnp.zeros, (B,), jnp.int32)
@@ -189,26 +218,33 @@ class MultiHeadAttention(nn.Module):
             q_seg_BT = jnp.ones((B, T), jnp.int32)
         if q_pos_BT is None:
             raise ValueError("slot-cached attention needs the positions of the new tokens")
-        S = ck.value.shape[1]
-        # Rows advance together (one slot per token, padding included), so index_B is the
+        S = ck.value.shape[2]
+        # Rows advance together (one slot per token, padding included), so the index is the
         # same in every row; it is kept per row so that every cache leaf has batch first.
         # Writing past S_max would clamp (overwrite the last slots): callers size S_max.
         index_B = cidx.value
-        ck.value = _write_rows(ck.value, k_BTKH, index_B)
-        cv.value = _write_rows(cv.value, v_BTKH, index_B)
-        cseg.value = _write_rows(cseg.value, q_seg_BT.astype(jnp.int32), index_B)
-        cpos.value = _write_rows(cpos.value, q_pos_BT.astype(jnp.int32), index_B)
+        i = index_B[0]
+        ck.value = _write_slots(ck.value, k_BTKH.transpose(0, 2, 1, 3), i, axis=2)
+        cv.value = _write_slots(cv.value, v_BTKH.transpose(0, 2, 1, 3), i, axis=2)
+        cseg.value = _write_slots(cseg.value, q_seg_BT.astype(jnp.int32), i, axis=1)
+        cpos.value = _write_slots(cpos.value, q_pos_BT.astype(jnp.int32), i, axis=1)
         cidx.value = index_B + T
+        if T == 1 and q_prefix_BT is None and cfg.attention_impl in ("auto", "xla"):
+            # A decoding step: attend over the cache in its own layout (no copy).
+            visible_BTS = _visible(
+                q_seg_BT, cseg.value, q_pos_BT.astype(jnp.int32), cpos.value, causal=True
+            )
+            return _attend_slots(q_BTNH, ck.value, cv.value, visible_BTS)
         kv_prefix_BS = None
         if q_prefix_BT is not None:
             # Prefix keys after a prefix query can only be in this call: a prefix comes
             # whole in one call, so only this call's slots need the prefix flag.
             q_prefix_BT = q_prefix_BT.astype(jnp.bool_)
-            kv_prefix_BS = _write_rows(jnp.zeros((B, S), jnp.bool_), q_prefix_BT, index_B)
+            kv_prefix_BS = _write_slots(jnp.zeros((B, S), jnp.bool_), q_prefix_BT, i, axis=1)
         return dot_product_attention(
             q_BTNH,
-            ck.value,
-            cv.value,
+            ck.value.transpose(0, 2, 1, 3),
+            cv.value.transpose(0, 2, 1, 3),
             q_segment_ids=q_seg_BT,
             kv_segment_ids=cseg.value,
             q_positions=q_pos_BT,

@@ -78,19 +78,26 @@ class CausalLM(nn.Module):
         x_BTD = jnp.zeros((batch_size, max_length, cfg.d_model), cfg.dtype)
         self.decoder(x_BTD, None, jnp.ones_like(ids_BT), pos_BT, None)
 
-    def forward_cached(self, ids_BT, positions_BT, segment_ids_BT=None, prefix_BT=None):
-        """Appends T tokens to the cache; returns their logits [B, T, V]."""
+    def forward_cached(
+        self, ids_BT, positions_BT, segment_ids_BT=None, prefix_BT=None, logits_index_B=None
+    ):
+        """Appends T tokens to the cache; returns their logits [B, T, V], or with
+        `logits_index_B` (int[B]) only those of column `logits_index_B[b]`: [B, 1, V]."""
         if segment_ids_BT is None:
             segment_ids_BT = jnp.ones(ids_BT.shape, jnp.int32)
-        return self.logits(self._hidden(ids_BT, segment_ids_BT, positions_BT, prefix_BT))
+        y_BTD = self._hidden(ids_BT, segment_ids_BT, positions_BT, prefix_BT)
+        if logits_index_B is not None:
+            index_B11 = jnp.asarray(logits_index_B, jnp.int32)[:, None, None]
+            y_BTD = jnp.take_along_axis(y_BTD, index_B11, axis=1)
+        return self.logits(y_BTD)
 
 
 def cached_decoding_fns(model: CausalLM):
     """`(init_cache, prefill, step)` for `transformer_jax.decode.cached.generate`.
 
     init_cache(params, batch_size, max_length) -> cache
-    prefill(params, cache, tokens_BT, positions_BT, segment_ids_BT, prefix_BT=None)
-        -> (logits_BTV, cache)
+    prefill(params, cache, tokens_BT, positions_BT, segment_ids_BT, prefix_BT=None,
+            logits_index_B=None) -> (logits_BTV, cache)  (logits_B1V with logits_index_B)
     step(params, cache, tokens_B1, positions_B1) -> (logits_B1V, cache)
     """
     model = model.clone(config=model.config.replace(decode=True, deterministic=True))
@@ -105,13 +112,16 @@ def cached_decoding_fns(model: CausalLM):
         )
         return variables["cache"]
 
-    def prefill(params, cache, tokens_BT, positions_BT, segment_ids_BT, prefix_BT=None):
+    def prefill(
+        params, cache, tokens_BT, positions_BT, segment_ids_BT, prefix_BT=None, logits_index_B=None
+    ):
         logits_BTV, variables = model.apply(
             {"params": params, "cache": cache},
             tokens_BT,
             positions_BT,
             segment_ids_BT,
             prefix_BT,
+            logits_index_B,
             method=CausalLM.forward_cached,
             mutable=["cache"],
         )
