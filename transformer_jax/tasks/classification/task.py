@@ -12,7 +12,6 @@ CLI verbs: `tjax classify`, `tjax fill-mask`.
 from __future__ import annotations
 
 import os
-import sys
 import types
 from typing import Any
 
@@ -36,6 +35,7 @@ from transformer_jax.tasks.classification.config import (
 )
 from transformer_jax.tasks.classification.model import EncoderModelConfig
 from transformer_jax.tasks.classification.text import MASK_PIECE, LabelMap, specials
+from transformer_jax.tasks.cli import load_run, read_texts
 from transformer_jax.train.task import Evaluator, InputError, Task
 
 
@@ -612,33 +612,6 @@ class ClassificationEvaluator(Evaluator):
 # -- CLI -----------------------------------------------------------------------------------
 
 
-def _read_texts(args) -> list[str]:
-    if args.text:
-        return list(args.text)
-    raw = sys.stdin.buffer.read().decode("utf-8", errors="replace")
-    texts = raw.split("\n")
-    if texts and texts[-1] == "":
-        texts.pop()
-    return [t[:-1] if t.endswith("\r") else t for t in texts]
-
-
-def _load_run(args, verb: str, tasks: tuple[str, ...]):
-    """The checkpoint `args` name, of a run of one of `tasks`."""
-    from transformer_jax.train.paths import check_workdir
-    from transformer_jax.train.restore import load_for_inference
-
-    check_workdir(args.workdir, write=False)
-    loaded = load_for_inference(
-        args.workdir, step=args.step, averaged=getattr(args, "averaged", False)
-    )
-    task = loaded.run_config.get("task", "translation")
-    if task not in tasks:
-        raise InputError(
-            f"{args.workdir} holds a {task!r} run; tjax {verb} needs a {' or '.join(tasks)} run"
-        )
-    return loaded
-
-
 def cmd_classify(args, extra) -> int:
     """`tjax classify`: one line (or one JSON list) per input, in order."""
     import json
@@ -650,9 +623,9 @@ def cmd_classify(args, extra) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     settings = {} if args.batch_size is None else {"batch_size": args.batch_size}
-    loaded = _load_run(args, "classify", ("classification",))
+    loaded = load_run(args, "classify", ("classification",))
     pipe = TextClassificationPipeline.from_loaded(loaded, **settings)
-    texts = _read_texts(args)
+    texts = read_texts(args)
     results = pipe.predict(texts, top_k=args.top_k)
     for r in results:
         if args.json:
@@ -670,8 +643,8 @@ def cmd_fill_mask(args, extra) -> int:
 
     if args.top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {args.top_k}")
-    pipe = FillMaskPipeline.from_loaded(_load_run(args, "fill-mask", ("masked_lm",)))
-    for r in pipe(_read_texts(args), top_k=args.top_k):
+    pipe = FillMaskPipeline.from_loaded(load_run(args, "fill-mask", ("masked_lm",)))
+    for r in pipe(read_texts(args), top_k=args.top_k):
         if args.json:
             print(json.dumps(r, ensure_ascii=False))
         else:

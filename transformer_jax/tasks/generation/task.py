@@ -316,15 +316,15 @@ def cmd_generate(args, extra) -> int:
     """`tjax generate`: prompt + continuation per prompt, in order."""
     import json
 
-    from transformer_jax.tasks.classification.task import _load_run, _read_texts
+    from transformer_jax.tasks.cli import load_run, read_texts
     from transformer_jax.tasks.generation.pipeline import TextGenerationPipeline
 
     options = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
     if args.stop is not None:
         options["stop"] = json.dumps(args.stop)
-    loaded = _load_run(args, "generate", ("causal_lm",))
+    loaded = load_run(args, "generate", ("causal_lm",))
     pipe = TextGenerationPipeline.from_loaded(loaded, **options)
-    for outs in pipe(_read_texts(args)):
+    for outs in pipe(read_texts(args)):
         if args.json:
             print(json.dumps(outs, ensure_ascii=False))
         else:

@@ -8,7 +8,6 @@ BLEU of beam-search translations. CLI verb: `tjax translate`.
 from __future__ import annotations
 
 import os
-import sys
 import types
 from typing import Any
 
@@ -308,6 +307,7 @@ class BleuEvaluator(Evaluator):
 
 def cmd_translate(args, extra) -> int:
     """`tjax translate`: one output line per input (arguments, or stdin lines)."""
+    from transformer_jax.tasks.cli import read_texts
     from transformer_jax.tasks.translation.pipeline import TranslationPipeline
     from transformer_jax.train.paths import check_workdir
     from transformer_jax.train.task import InputError
@@ -324,16 +324,6 @@ def cmd_translate(args, extra) -> int:
     pipe = TranslationPipeline.from_workdir(
         args.workdir, step=args.step, averaged=args.averaged, **kwargs
     )
-    if args.text:
-        texts = args.text
-    else:
-        raw = sys.stdin.buffer.read().decode("utf-8", errors="replace")
-        # Lines end at "\n" (or "\r\n") only: str.splitlines() would also split at
-        # \x0b, \x0c, \x1c-\x1e, \x85, \u2028 and \u2029 inside a line.
-        texts = raw.split("\n")
-        if texts[-1] == "":
-            texts.pop()
-        texts = [t[:-1] if t.endswith("\r") else t for t in texts]
-    for line in pipe.translate(texts):
+    for line in pipe.translate(read_texts(args)):
         print(line)
     return 0
