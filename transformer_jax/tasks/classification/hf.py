@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,6 +35,13 @@ from tokenizers import (
 )
 from tokenizers.models import BPE, Unigram, WordPiece
 
+from transformer_jax.convert.params import (
+    Entry,
+    convert_entries,
+    flatten,
+    param_shapes,
+    set_path,
+)
 from transformer_jax.convert.safetensors_io import read_json, read_safetensors_dir
 from transformer_jax.data.hf_tokenizer import HFTokenizer
 from transformer_jax.data.hf_tokenizer import add_specials as _add_specials
@@ -43,7 +49,6 @@ from transformer_jax.data.hf_tokenizer import token_str as _token_str
 from transformer_jax.tasks.classification.text import MASK_PIECE, LabelMap
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
-_ML_FLOATS = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
 
 # Special tokens of each family (tokenizer_config.json may rename them).
 _SPECIALS = {
@@ -207,7 +212,6 @@ def tokenizer_from_dir(src_dir: str, model_type: str) -> HFTokenizer:
 # Weights: (HF name, our path, HF shape, to ours, to HF)
 # ---------------------------------------------------------------------------------------
 
-Entry = tuple[str, tuple[str, ...], tuple[int, ...], Callable, Callable]
 _keep = (lambda w: w, lambda w: w)
 _linear = (lambda w: w.T, lambda w: w.T)
 
@@ -291,11 +295,6 @@ def _mlm_tied_names(model_type: str) -> tuple[str, str]:
     if model_type == "bert":
         return "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"
     return "lm_head.decoder.weight", "lm_head.decoder.bias"
-
-
-def _shown(names: list[str]) -> str:
-    more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
-    return f"{names[:3]}{more}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -387,17 +386,9 @@ def _run_config(hf, *, D, N, F, layers, P, T, offset, labels, head):
 
 
 def _expected_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
     from transformer_jax.tasks.classification.model import TextEncoderModel
 
-    model = TextEncoderModel(config)
-    ids = jnp.ones((1, 2), jnp.int32)
-    tree = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), ids)["params"]))
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+    return param_shapes(TextEncoderModel(config), np.ones((1, 2), np.int32))
 
 
 def _fresh_params(config, paths: list[tuple[str, ...]], seed: int) -> dict:
@@ -419,12 +410,6 @@ def _fresh_params(config, paths: list[tuple[str, ...]], seed: int) -> dict:
             node = node[key]
         out[path] = np.asarray(node, np.float32)
     return out
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
 
 
 def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
@@ -537,10 +522,10 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
         mlm_head=has_mlm,
         mask_id=tokenizer.mask_id,
     )
-    params = _convert(weights, entries, ignored, config)
+    params = convert_entries(weights, entries, ignored, _expected_shapes(config))
     if new_paths:
         for path, value in _fresh_params(config, new_paths, run.seed).items():
-            _set(params, path, value)
+            set_path(params, path, value)
     processors = {"tokenizer": tokenizer}
     if has_head:
         processors["labels"] = labels
@@ -565,7 +550,7 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
         "workdir": os.path.abspath(workdir),
         "step": 0,
         "model_type": model_type,
-        "num_params": int(sum(np.size(v) for v in _leaves(params))),
+        "num_params": int(sum(np.size(v) for v in flatten(params).values())),
         "labels": list(labels.names),
         "mlm_head": has_mlm,
         "new": ["/".join(p) for p in new_paths],
@@ -581,44 +566,6 @@ def _modern_names(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 name = name[: -len(old)] + new
         out[name] = value
     return out
-
-
-def _leaves(tree):
-    for value in tree.values():
-        if isinstance(value, dict):
-            yield from _leaves(value)
-        else:
-            yield value
-
-
-def _convert(weights: dict[str, np.ndarray], entries: list[Entry], ignored: set[str], config):
-    missing = [name for name, *_ in entries if name not in weights]
-    if missing:
-        raise ValueError(f"the safetensors weights lack {_shown(missing)}")
-    known = {name for name, *_ in entries} | ignored
-    unexpected = sorted(set(weights) - known)
-    if unexpected:
-        raise ValueError(f"the safetensors weights have unexpected tensors {_shown(unexpected)}")
-    expected = _expected_shapes(config)
-    params: dict[str, Any] = {}
-    for name, path, hf_shape, to_ours, _ in entries:
-        array = weights[name]
-        if tuple(array.shape) != hf_shape:
-            raise ValueError(
-                f"weight {name} has shape {tuple(array.shape)}, config.json implies {hf_shape}"
-            )
-        if not (np.issubdtype(array.dtype, np.floating) or array.dtype.name in _ML_FLOATS):
-            raise ValueError(f"weight {name} has non-float dtype {array.dtype}")
-        value = np.ascontiguousarray(to_ours(array.astype(np.float32)))
-        if expected.get(path) != value.shape:
-            raise ValueError(f"weight {name} does not fit parameter {'/'.join(path)}")
-        _set(params, path, value)
-    return params
-
-
-# ---------------------------------------------------------------------------------------
-# Export
-# ---------------------------------------------------------------------------------------
 
 
 def _export_checks(config) -> None:
@@ -726,7 +673,7 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> dict[st
     D, N, V = e.d_model, e.num_heads, e.vocab_size
     K = config.num_labels
     pad = e.pad_id
-    params = {k: np.asarray(v) for k, v in _flatten(loaded.params).items()}
+    params = {k: np.asarray(v) for k, v in flatten(loaded.params).items()}
     ours_pos = params[("positions", "positions", "embedding")]
     offset = config.position_offset
     usable = ours_pos.shape[0] - offset
@@ -820,13 +767,3 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> dict[st
         "architecture": arch,
         "labels": names,
     }
-
-
-def _flatten(tree, prefix=()):
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, prefix + (key,)))
-        else:
-            out[prefix + (key,)] = value
-    return out

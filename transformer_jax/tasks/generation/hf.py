@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,11 +26,18 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers import processors as tk_processors
 from tokenizers.models import BPE
 
+from transformer_jax.convert.params import (
+    Entry,
+    convert_entries,
+    flatten,
+    param_shapes,
+    set_path,
+    shown,
+)
 from transformer_jax.convert.safetensors_io import read_json, read_safetensors_dir
 from transformer_jax.data.hf_tokenizer import CAUSAL_TYPES, HFTokenizer, add_specials, token_str
 
 MODEL_TYPES = CAUSAL_TYPES
-_ML_FLOATS = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
 _ARCH = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
@@ -140,7 +146,6 @@ def _adds_bos(src_dir: str, tok: HFTokenizer) -> bool:
 # Weights: (HF name, our path, HF shape, to ours, to HF)
 # ---------------------------------------------------------------------------------------
 
-Entry = tuple[str, tuple[str, ...], tuple[int, ...], Callable, Callable]
 _keep = (lambda w: w, lambda w: w)
 _linear = (lambda w: w.T, lambda w: w.T)
 _QKV = ("query", "key", "value")
@@ -264,11 +269,6 @@ def _llama_entries(
     if not tied:
         out.append(("lm_head.weight", ("logits_dense", "kernel"), (V, D), *_linear))
     return out
-
-
-def _shown(names: list[str]) -> str:
-    more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
-    return f"{names[:3]}{more}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -417,77 +417,24 @@ def _run_config(model: dict[str, Any], *, P: int, add_bos: bool):
 
 
 def _expected_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
     from transformer_jax.nn.lm import CausalLM
 
-    ids = jnp.ones((1, 2), jnp.int32)
-    model = CausalLM(config)
-    tree = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), ids)["params"]))
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
+    return param_shapes(CausalLM(config), np.ones((1, 2), np.int32))
 
 
 def _convert(weights, entries: list[Entry], ignored: set[str], config) -> dict[str, Any]:
-    missing = [name for name, *_ in entries if name not in weights]
-    if missing:
-        raise ValueError(f"the safetensors weights lack {_shown(missing)}")
-    known = {name for name, *_ in entries} | ignored
-    unexpected = sorted(set(weights) - known)
-    if unexpected:
-        raise ValueError(f"the safetensors weights have unexpected tensors {_shown(unexpected)}")
     expected = _expected_shapes(config)
-    params: dict[str, Any] = {}
-    for name, path, hf_shape, to_ours, _ in entries:
-        array = weights[name]
-        if tuple(array.shape) != hf_shape:
-            raise ValueError(
-                f"weight {name} has shape {tuple(array.shape)}, config.json implies {hf_shape}"
-            )
-        if not (np.issubdtype(array.dtype, np.floating) or array.dtype.name in _ML_FLOATS):
-            raise ValueError(f"weight {name} has non-float dtype {array.dtype}")
-        value = np.ascontiguousarray(to_ours(array.astype(np.float32)))
-        if expected.get(path) != value.shape:
-            raise ValueError(f"weight {name} does not fit parameter {'/'.join(path)}")
-        _set(params, path, value)
+    params = convert_entries(weights, entries, ignored, expected)
+    have = flatten(params)
     # Parameters HF lacks that are zero there (Qwen2's o_proj bias).
     for path, shape in expected.items():
-        node = params
-        for key in path[:-1]:
-            node = node.get(key, {})
-        if path[-1] not in node and path[-1] == "bias" and path[-2] == "out":
-            _set(params, path, np.zeros(shape, np.float32))
-    have = set(_paths(params))
+        if path not in have and path[-2:] == ("out", "bias"):
+            set_path(params, path, np.zeros(shape, np.float32))
+            have[path] = None
     absent = ["/".join(p) for p in expected if p not in have]
     if absent:
-        raise ValueError(f"the converted weights lack parameter(s) {_shown(absent)}")
+        raise ValueError(f"the converted weights lack parameter(s) {shown(absent)}")
     return params
-
-
-def _paths(tree, prefix=()):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _paths(value, prefix + (key,))
-        else:
-            yield prefix + (key,)
-
-
-def _flatten(tree) -> dict[tuple[str, ...], Any]:
-    out = {}
-    for path in _paths(tree):
-        node = tree
-        for key in path:
-            node = node[key]
-        out[path] = node
-    return out
 
 
 def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
@@ -587,7 +534,7 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
         "workdir": os.path.abspath(workdir),
         "step": 0,
         "model_type": model_type,
-        "num_params": int(sum(np.size(v) for v in _flatten(params).values())),
+        "num_params": int(sum(np.size(v) for v in flatten(params).values())),
         "vocab_size": V,
         "tie_word_embeddings": tied,
     }
@@ -678,7 +625,7 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> dict[st
             f"cannot export a {type(tok).__name__} tokenizer to tokenizer.json "
             "(only a Hugging Face tokenizer, from an imported model)"
         )
-    params = {k: np.asarray(v, np.float32) for k, v in _flatten(loaded.params).items()}
+    params = {k: np.asarray(v, np.float32) for k, v in flatten(loaded.params).items()}
     if any(p[:2] == ("decoder", "layers") for p in params):
         raise ValueError("model.scan_layers=True checkpoints cannot be exported; train unscanned")
     model_type = _export_family(config, tok, params)
