@@ -37,6 +37,7 @@ LOCAL_BUILDERS: dict[str, str] = {
     "en_es_grammar": "transformer_jax.tasks.translation.dataset:EnEsGrammar",
     "sentiment_reviews": "transformer_jax.tasks.classification.dataset:SentimentReviews",
     "lm_corpus": "transformer_jax.tasks.generation.dataset:LMCorpus",
+    "multimodal_corpus": "transformer_jax.tasks.multimodal.dataset:MultimodalCorpus",
 }
 
 

@@ -184,6 +184,7 @@ TASKS: dict[str, str] = {
     "classification": "transformer_jax.tasks.classification.task:ClassificationTask",
     "masked_lm": "transformer_jax.tasks.classification.task:MaskedLMTask",
     "causal_lm": "transformer_jax.tasks.generation.task:CausalLMTask",
+    "multimodal": "transformer_jax.tasks.multimodal.task:MultimodalTask",
 }
 
 # `tjax import-hf`: a Hugging Face config.json's model_type -> its importer

@@ -1,0 +1,217 @@
+"""The multimodal model: media layout, row independence, cached answers, loss weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.tasks.multimodal.config import (
+    MultimodalConfig,
+    from_json,
+    mm_base,
+    model_config,
+    to_json,
+)
+from transformer_jax.tasks.multimodal.media_config import AudioConfig, VisionConfig, encoder_stack
+from transformer_jax.tasks.multimodal.model import (
+    MultimodalModel,
+    answer,
+    media_columns,
+    media_layout,
+)
+from transformer_jax.tasks.multimodal.task import answer_targets
+
+V = 40
+
+
+def small_config(fusion="prefix", video_mode="tubelets", **text) -> MultimodalConfig:
+    stack = encoder_stack(d_model=16, num_heads=2, d_ff=32, num_encoder_layers=1)
+    t = TransformerConfig(
+        vocab_size=V, d_model=32, num_heads=4, num_kv_heads=2, d_ff=64, num_encoder_layers=0,
+        num_decoder_layers=2, norm_position="pre", norm_type="rms", activation="swiglu",
+        position_type="rope", position_layout="halves", scale_embeddings=False,
+        tie_output=False, dropout_rate=0.0, mlp_bias=False, pad_id=0, eos_id=1,
+        decoder_start_id=2, **text,
+    )  # fmt: skip
+    return MultimodalConfig(
+        text=t,
+        vision=VisionConfig(
+            stack=stack,
+            image_size=16,
+            patch_size=8,
+            video_mode=video_mode,
+            num_frames=4,
+            tubelet_frames=2,
+        ),  # fmt: skip
+        audio=AudioConfig(stack=stack.replace(layer_norm_eps=1e-5), max_samples=3200),
+        video=True,
+        fusion=fusion,
+        fusion_layers=1,
+        max_images=2,
+    )
+
+
+def random_media(rng, B, config, *, num_images, audio_samples, num_frames):
+    v = config.vision
+    return {
+        "images": rng.integers(0, 256, (B, 2, v.image_size, v.image_size, 3), dtype=np.uint8),
+        "num_images": np.asarray(num_images, np.int32),
+        "audio": rng.integers(-8000, 8000, (B, config.audio.max_samples)).astype(np.int16),
+        "audio_samples": np.asarray(audio_samples, np.int32),
+        "video": rng.integers(0, 256, (B, 4, v.image_size, v.image_size, 3), dtype=np.uint8),
+        "num_frames": np.asarray(num_frames, np.int32),
+    }
+
+
+def _clean(media, config):
+    """Zero every absent medium's data: a real row never carries data past its counts."""
+    media = {k: np.array(v) for k, v in media.items()}
+    for b in range(len(media["num_images"])):
+        media["images"][b, media["num_images"][b] :] = 0
+        media["audio"][b, media["audio_samples"][b] :] = 0
+        if media["num_frames"][b] == 0:
+            media["video"][b] = 0
+    return media
+
+
+def text_rows(rng, B, L, prefix_len, lengths):
+    tokens = rng.integers(3, V, (B, L)).astype(np.int32)
+    tokens[:, 0] = 2
+    mask = (np.arange(L)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
+    return tokens * mask, mask, np.asarray(prefix_len, np.int32)
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "cross"])
+def test_row_is_independent_of_its_batch_neighbours(fusion):
+    """A row's logits do not depend on the other rows' media or on absent slots' data."""
+    config = small_config(fusion)
+    rng = np.random.default_rng(0)
+    B, L = 3, 8
+    media = _clean(
+        random_media(
+            rng, B, config, num_images=[1, 2, 0], audio_samples=[0, 3200, 1700],
+            num_frames=[4, 0, 0],
+        ),
+        config,
+    )  # fmt: skip
+    tokens, mask, prefix = text_rows(rng, B, L, [3, 2, 4], [6, 8, 5])
+    model = MultimodalModel(config)
+    params = model.init(jax.random.key(0), tokens, mask, prefix, media)["params"]
+    full = model.apply({"params": params}, tokens, mask, prefix, media)
+    for b in range(B):
+        one = {k: v[b : b + 1] for k, v in media.items()}
+        alone = model.apply({"params": params}, tokens[b : b + 1], mask[b : b + 1],
+                            prefix[b : b + 1], one)  # fmt: skip
+        n = mask[b].sum()
+        np.testing.assert_allclose(full[b, :n], alone[0, :n], atol=2e-5, rtol=1e-5)
+    # The media matter: another picture changes the image row's logits.
+    other = dict(media)
+    other["images"] = np.array(media["images"])
+    other["images"][0, 0] = 255 - other["images"][0, 0]
+    changed = model.apply({"params": params}, tokens, mask, prefix, other)
+    assert np.abs(np.asarray(changed[0] - full[0])).max() > 1e-4
+    np.testing.assert_allclose(changed[2], full[2], atol=1e-6)
+
+
+def test_media_layout_counts_real_tokens():
+    config = small_config()
+    P = config.vision.image_tokens + 2
+    A = config.audio.audio_tokens + 2
+    Vt = config.vision.video_tokens + 2
+    assert media_columns(config) == 2 * P + A + Vt
+    media = {
+        "num_images": jnp.asarray([2, 0]),
+        "audio_samples": jnp.asarray([0, 1600]),  # 10 frames -> 5 tokens
+        "num_frames": jnp.asarray([4, 0]),
+    }
+    layout = media_layout(config, media)
+    valid = np.asarray(layout.valid_BM)
+    assert valid[0].sum() == 2 * P + Vt
+    assert valid[1].sum() == 5 + 2
+    assert layout.modality_M.tolist().count(2) == A
+
+
+@pytest.mark.parametrize(("fusion", "video_mode"), [("prefix", "frames"), ("cross", "tubelets")])
+def test_cached_greedy_answers_equal_full_recomputation(fusion, video_mode):
+    """`answer` (prefill + cached steps through the shared decoding loop) picks the same
+    tokens as re-running the whole model on the growing text at every step."""
+    config = small_config(fusion, video_mode)
+    rng = np.random.default_rng(1)
+    B, Lp, N = 3, 5, 6
+    media = _clean(
+        random_media(
+            rng, B, config, num_images=[1, 0, 2], audio_samples=[3000, 0, 800],
+            num_frames=[0, 4, 4],
+        ),
+        config,
+    )  # fmt: skip
+    prompts, pmask, _ = text_rows(rng, B, Lp, [0, 0, 0], [3, 5, 1])
+    model = MultimodalModel(config)
+    params = nn.unbox(model.init(jax.random.key(1), prompts, pmask, pmask.sum(1), media)["params"])
+    # Scale the output so that greedy choices are far from ties.
+    params["logits_dense"]["kernel"] = params["logits_dense"]["kernel"] * 20.0
+    got = np.asarray(jax.jit(lambda p, m, t, k: answer(model, p, m, t, k, max_new_tokens=N))(
+        params, media, prompts, pmask))  # fmt: skip
+    for b in range(B):
+        n = int(pmask[b].sum())
+        seq = list(prompts[b, :n])
+        one = {k: v[b : b + 1] for k, v in media.items()}
+        for i in range(N):
+            ids = np.asarray(seq, np.int32)[None]
+            logits = model.apply({"params": params}, ids, np.ones_like(ids),
+                                 np.asarray([n], np.int32), one)  # fmt: skip
+            nxt = int(np.argmax(logits[0, -1]))
+            assert got[b, i] == nxt, (b, i, got[b], seq)
+            if nxt == config.text.eos_id:
+                break
+            seq.append(nxt)
+
+
+def test_loss_weights_cover_the_answer_and_eos_only():
+    tokens = np.asarray([[2, 7, 8, 9, 10, 1, 0, 0]], np.int32)
+    mask = (tokens != 0).astype(np.int32)
+    mask[0, 0] = 1
+    batch = {"tokens": tokens, "text_mask": mask, "prefix_len": np.asarray([3], np.int32)}
+    targets, weights = answer_targets(batch)
+    # [bos] 7 8 | answer 9 10 eos: columns 2, 3, 4 predict 9, 10, eos.
+    np.testing.assert_array_equal(np.asarray(weights[0]), [0, 0, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(np.asarray(targets[0, 2:5]), [9, 10, 1])
+
+
+def test_model_config_json_round_trip_and_errors():
+    from transformer_jax.config import ConfigError
+
+    cfg = mm_base()
+    cfg.media = "image,video"
+    tok = type("T", (), {"vocab_size": 100})()
+    config = model_config(cfg, tok)
+    assert config.audio is None and config.video and config.modalities == ("image", "video")
+    assert from_json(to_json(config)) == config
+    cfg.media = "image,smell"
+    with pytest.raises(ConfigError, match="media"):
+        model_config(cfg, tok)
+    cfg.media = "image"
+    cfg.image.patch_size = 7
+    with pytest.raises(ConfigError, match="patch_size"):
+        model_config(cfg, tok)
+
+
+def test_text_only_rows_train_without_media():
+    """A row without any medium (text-only examples) gives finite logits and loss."""
+    config = dataclasses.replace(small_config("cross"))
+    rng = np.random.default_rng(2)
+    media = _clean(
+        random_media(rng, 2, config, num_images=[0, 0], audio_samples=[0, 0], num_frames=[0, 0]),
+        config,
+    )
+    tokens, mask, prefix = text_rows(rng, 2, 6, [1, 1], [6, 4])
+    model = MultimodalModel(config)
+    params = model.init(jax.random.key(0), tokens, mask, prefix, media)["params"]
+    logits = model.apply({"params": params}, tokens, mask, prefix, media)
+    assert np.isfinite(np.asarray(logits)).all()

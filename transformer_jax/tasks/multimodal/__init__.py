@@ -1,0 +1,1 @@
+"""Multimodal pipeline: text, images, audio and video as tokens of one Transformer."""

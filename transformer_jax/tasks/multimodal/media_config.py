@@ -1,0 +1,105 @@
+"""Typed, frozen configs of the media encoders (image, video, audio).
+
+Each encoder turns one medium into a sequence of vectors of its own width
+(`stack.d_model`); the multimodal model projects them to the text model's width.
+`stack` is the shared `TransformerConfig` of the encoder's Transformer layers
+(pre-LN, GELU, biases; `num_encoder_layers` 0 = the patch/stem embedding alone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from transformer_jax.nn.config import TransformerConfig
+
+IMAGE_POSITIONS = ("learned", "sincos2d")
+VIDEO_MODES = ("frames", "tubelets")
+
+# Whisper's front end (fixed, not configurable: the imported encoders expect it).
+SAMPLE_RATE = 16_000
+N_FFT = 400  # 25 ms Hann window
+HOP_LENGTH = 160  # 10 ms
+
+
+def encoder_stack(**kw) -> TransformerConfig:
+    """A ViT/Whisper-style encoder stack config: pre-LN LayerNorm, exact GELU, biases."""
+    defaults = dict(
+        vocab_size=1,
+        num_decoder_layers=0,
+        norm_position="pre",
+        activation="gelu",
+        attention_bias=True,
+        mlp_bias=True,
+        scale_embeddings=False,
+        position_type="none",
+        dropout_rate=0.0,
+        layer_norm_eps=1e-6,
+    )
+    defaults.update(kw)
+    return TransformerConfig(**defaults)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """Images [N, H, W, C] (normalized pixels) -> patch tokens; video through frames or tubelets."""
+
+    stack: TransformerConfig
+    image_size: int = 32
+    patch_size: int = 8
+    channels: int = 3
+    positions: str = "learned"  # "learned" (table) or "sincos2d" (fixed 2-D sin-cos)
+    cls_token: bool = False  # ViT's [CLS] token in front of the patches
+    # Video: "frames" = each sampled frame through the image path plus a learned time
+    # embedding; "tubelets" = t x p x p patches by a 3-D convolution (ViViT).
+    video_mode: str = "frames"
+    num_frames: int = 8
+    tubelet_frames: int = 2
+
+    def __post_init__(self) -> None:
+        def bad(key, value, why):
+            raise ValueError(f"model.image.{key}={value!r}: {why}")
+
+        if self.patch_size <= 0 or self.image_size % self.patch_size:
+            bad("patch_size", self.patch_size, f"must divide image_size={self.image_size}")
+        if self.positions not in IMAGE_POSITIONS:
+            bad("positions", self.positions, f"choose one of {IMAGE_POSITIONS}")
+        if self.video_mode not in VIDEO_MODES:
+            bad("video_mode", self.video_mode, f"choose one of {VIDEO_MODES}")
+        if self.num_frames <= 0:
+            bad("num_frames", self.num_frames, "must be positive")
+        if self.video_mode == "tubelets" and self.num_frames % self.tubelet_frames:
+            bad("tubelet_frames", self.tubelet_frames, f"must divide num_frames={self.num_frames}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def image_tokens(self) -> int:
+        return self.num_patches + int(self.cls_token)
+
+    @property
+    def video_tokens(self) -> int:
+        if self.video_mode == "frames":
+            return self.num_frames * self.image_tokens
+        return (self.num_frames // self.tubelet_frames) * self.num_patches
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioConfig:
+    """Waveforms (16 kHz mono) -> Whisper log-mel -> conv stem -> encoder tokens."""
+
+    stack: TransformerConfig
+    n_mels: int = 80
+    max_samples: int = 16_000  # longest clip, in samples at 16 kHz
+    max_positions: int = 1500  # rows of the (sinusoid-initialised) position table
+
+    @property
+    def num_frames(self) -> int:
+        """Log-mel frames of a `max_samples` clip (Whisper drops the last STFT frame)."""
+        return self.max_samples // HOP_LENGTH
+
+    @property
+    def audio_tokens(self) -> int:
+        """Tokens after the stride-2 stem."""
+        return (self.num_frames + 1) // 2
