@@ -56,6 +56,7 @@ ONE_WORKER_MODULES = {
     "test_generation_e2e.py",
     "test_hf_classification.py",
     "test_marian_import.py",
+    "test_multimodal_e2e.py",
     "test_multihost.py",
     "test_sharding.py",
 }

@@ -114,3 +114,31 @@ def test_generate_bench_quick_reports_both_sides(tmp_path):
     # Same weights on both sides: greedy decoding agrees (a near-tie may flip a token).
     assert all(v >= 0.9 for v in report["greedy_agreement"].values()), report["greedy_agreement"]
     assert report["load_average_end"] is not None
+
+
+@pytest.mark.slow  # compiling the tiny multimodal train step takes minutes on 2 cores
+def test_multimodal_bench_quick_reports_training_and_describe(tmp_path):
+    from benchmarks import multimodal_bench
+
+    multimodal_bench.main(["--quick", "--out", str(tmp_path)])
+
+    assert "| examples/s |" in (tmp_path / "multimodal_cpu_quick.md").read_text()
+    assert not (tmp_path / "multimodal_cpu_latest.json").exists()
+    report = json.loads((tmp_path / "multimodal_cpu_quick.json").read_text())
+    [case] = multimodal_bench.QUICK.train
+    [row] = report["train"]
+    assert (row["label"], row["batch"]) == (case.name, case.batch), row
+    for key in ("examples_per_s", "text_tokens_per_s", "model_flops_per_s", "step_s"):
+        assert _positive(row[key]), (key, row)
+    assert row["text_tokens_per_step"] == case.batch * row["text_columns"]  # all text real
+    assert row["loss_finite"] and row["params"] > 0 and row["media_columns"] > 0
+    rows = report["describe"]["rows"]
+    assert {(r["task"], r["input"]) for r in rows} == {
+        (t, k) for t in multimodal_bench.DESCRIBE_TASKS for k in ("arrays", "files")
+    }
+    new = multimodal_bench.QUICK.max_new_tokens
+    for r in rows:
+        assert _positive(r["median_s"]) and r["new_tokens"] == new, r
+        assert 0 <= r["tokens_before_eos"] <= new, r
+    assert set(report["vector_extensions"]) >= {"avx2", "avx512f"}
+    assert report["load_average_end"] is not None

@@ -49,6 +49,7 @@ TASK_OF_PREFIX = {
     "classify_": "classification",
     "mlm_": "masked_lm",
     "lm_": "causal_lm",
+    "multimodal_": "multimodal",
 }
 # One override per task into a group only that task's configs have: (key, raw, value).
 TASK_OVERRIDE = {
@@ -56,6 +57,7 @@ TASK_OVERRIDE = {
     "classification": ("head.dropout", "0.2", 0.2),
     "masked_lm": ("mlm.mask_rate", "0.2", 0.2),
     "causal_lm": ("generate.top_k", "5", 5),
+    "multimodal": ("image.num_frames", "6", 6),
 }
 
 

@@ -158,15 +158,19 @@ def test_cached_greedy_answers_equal_full_recomputation(fusion, video_mode):
     params["logits_dense"]["kernel"] = params["logits_dense"]["kernel"] * 20.0
     got = np.asarray(jax.jit(lambda p, m, t, k: answer(model, p, m, t, k, max_new_tokens=N))(
         params, media, prompts, pmask))  # fmt: skip
+    # The reference: the whole model on the growing text, padded to one width (one program).
+    full = jax.jit(lambda p, ids, mask, prefix, m: model.apply({"params": p}, ids, mask, prefix, m))
+    W = Lp + N
     for b in range(B):
         n = int(pmask[b].sum())
         seq = list(prompts[b, :n])
         one = {k: v[b : b + 1] for k, v in media.items()}
         for i in range(N):
-            ids = np.asarray(seq, np.int32)[None]
-            logits = model.apply({"params": params}, ids, np.ones_like(ids),
-                                 np.asarray([n], np.int32), one)  # fmt: skip
-            nxt = int(np.argmax(logits[0, -1]))
+            ids = np.zeros((1, W), np.int32)
+            ids[0, : len(seq)] = seq
+            mask = (np.arange(W) < len(seq)).astype(np.int32)[None]
+            logits = full(params, ids, mask, np.asarray([n], np.int32), one)
+            nxt = int(np.argmax(logits[0, len(seq) - 1]))
             assert got[b, i] == nxt, (b, i, got[b], seq)
             if nxt == config.text.eos_id:
                 break
@@ -215,3 +219,25 @@ def test_text_only_rows_train_without_media():
     params = model.init(jax.random.key(0), tokens, mask, prefix, media)["params"]
     logits = model.apply({"params": params}, tokens, mask, prefix, media)
     assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_compacted_rows_compute_the_same_as_full_rows():
+    """`max_tokens`: real tokens moved to the front of a shorter row give the same logits."""
+    config = small_config("prefix")
+    rng = np.random.default_rng(3)
+    media = _clean(
+        random_media(rng, 3, config, num_images=[1, 0, 0], audio_samples=[0, 3200, 0],
+                     num_frames=[0, 0, 4]),
+        config,
+    )  # fmt: skip
+    tokens, mask, prefix = text_rows(rng, 3, 8, [3, 2, 4], [6, 8, 5])
+    real = np.asarray(media_layout(config, media).valid_BM).sum(1) + mask.sum(1)
+    model = MultimodalModel(config)
+    params = model.init(jax.random.key(0), tokens, mask, prefix, media)["params"]
+    full = model.apply({"params": params}, tokens, mask, prefix, media)
+    short = MultimodalModel(dataclasses.replace(config, max_tokens=int(real.max())))
+    got = short.apply({"params": params}, tokens, mask, prefix, media)
+    assert int(real.max()) < media_columns(config) + 8
+    for b in range(3):
+        n = mask[b].sum()
+        np.testing.assert_allclose(got[b, :n], full[b, :n], atol=2e-5, rtol=1e-5)

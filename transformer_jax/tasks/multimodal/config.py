@@ -93,6 +93,10 @@ def mm_base() -> ml_collections.ConfigDict:
     c.model.fusion = "prefix"  # "prefix" (one decoder) | "cross" (media encoder + cross-attn)
     c.model.fusion_layers = 2  # "cross": layers of the media encoder over all media tokens
     c.model.max_images = 2  # image slots per example
+    # "prefix" training: decoder columns per row (its real media and text tokens moved to
+    # the front; 0 = all media slots of every row, real or not). A row that does not fit
+    # is an error naming it.
+    c.model.max_tokens = 0
 
     c.image = ml_collections.ConfigDict()
     c.image.image_size = 32
@@ -106,6 +110,7 @@ def mm_base() -> ml_collections.ConfigDict:
     c.image.video_mode = "frames"
     c.image.num_frames = 8
     c.image.tubelet_frames = 2
+    c.image.pool = 1  # average-pool the encoder's patch grid by pool x pool for the decoder
     c.image.hf_path = ""  # a Hugging Face ViT directory (safetensors) to start from
 
     c.audio = ml_collections.ConfigDict()
@@ -182,6 +187,7 @@ def validate_mm(cfg: ml_collections.ConfigDict) -> None:
     need("model.num_encoder_layers", lambda v: v == 0, "must be 0 (see model.fusion_layers)")
     need("model.fusion_layers", at_least(0), "must be >= 0")
     need("model.max_images", at_least(1), "must be >= 1")
+    need("model.max_tokens", at_least(0), "must be >= 0 (0 = all columns)")
     for group in ("image", "audio"):
         need(f"{group}.num_layers", at_least(0), "must be >= 0")
         for key in ("d_model", "num_heads", "d_ff"):
@@ -211,6 +217,9 @@ class MultimodalConfig:
     fusion: str = "prefix"
     fusion_layers: int = 2
     max_images: int = 2
+    # "prefix": the decoder's columns while training (each row's real media and text
+    # tokens first); 0 = every media column of every row. Rows must fit (checked).
+    max_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -314,6 +323,7 @@ def model_config(cfg: ml_collections.ConfigDict, tokenizer) -> MultimodalConfig:
                 video_mode=i.video_mode,
                 num_frames=i.num_frames,
                 tubelet_frames=i.tubelet_frames,
+                pool=i.pool,
             )
         if "audio" in names:
             a = cfg.audio
@@ -336,6 +346,7 @@ def model_config(cfg: ml_collections.ConfigDict, tokenizer) -> MultimodalConfig:
             fusion=cfg.model.fusion,
             fusion_layers=cfg.model.fusion_layers,
             max_images=cfg.model.max_images if "image" in names else 0,
+            max_tokens=cfg.model.max_tokens,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -351,6 +362,7 @@ def to_json(config: MultimodalConfig) -> dict[str, Any]:
         "fusion": config.fusion,
         "fusion_layers": config.fusion_layers,
         "max_images": config.max_images,
+        "max_tokens": config.max_tokens,
         "vision": None,
         "audio": None,
     }

@@ -22,6 +22,7 @@ import numpy as np
 
 from transformer_jax.tasks.generation.text import lm_specials
 from transformer_jax.tasks.multimodal.config import MultimodalConfig
+from transformer_jax.tasks.multimodal.media_config import HOP_LENGTH
 
 TASKS = (
     "image_caption",
@@ -147,9 +148,27 @@ class EncodeExample:
             out["video"], out["num_frames"] = video, np.int32(v.num_frames if count else 0)
         return out
 
+    def real_tokens(self, row: Mapping[str, np.ndarray]) -> int:
+        """The row's real media and text tokens (what `model.max_tokens` must hold)."""
+        cfg, n = self.config, int(np.sum(row["text_mask"]))
+        if cfg.max_images:
+            n += int(row["num_images"]) * (cfg.vision.image_out_tokens + 2)
+        if cfg.audio is not None and int(row["audio_samples"]):
+            frames = min(int(row["audio_samples"]), cfg.audio.max_samples) // HOP_LENGTH
+            n += (frames + 1) // 2 + 2
+        if cfg.video and int(row["num_frames"]):
+            n += cfg.vision.video_out_tokens + 2
+        return n
+
     def __call__(self, ex: Mapping[str, Any]) -> dict[str, np.ndarray]:
         row = self.text(ex["prompt"], ex["answer"])
         row.update(self.media(ex))
+        K = self.config.max_tokens
+        if K and self.config.fusion == "prefix" and self.real_tokens(row) > K:
+            raise ValueError(
+                f"a {ex['task'] or 'given'} example has {self.real_tokens(row)} media and text "
+                f"tokens: more than model.max_tokens={K}"
+            )
         task = ex["task"]
         row["task_id"] = np.int32(TASKS.index(task) if task in TASKS else len(TASKS))
         return row

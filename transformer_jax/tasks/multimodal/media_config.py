@@ -54,6 +54,9 @@ class VisionConfig:
     video_mode: str = "frames"
     num_frames: int = 8
     tubelet_frames: int = 2
+    # Average-pool the encoder's output patch grid by pool x pool before the text model
+    # reads it (fewer, coarser tokens for the decoder; the encoder still sees every patch).
+    pool: int = 1
 
     def __post_init__(self) -> None:
         def bad(key, value, why):
@@ -67,6 +70,11 @@ class VisionConfig:
             bad("video_mode", self.video_mode, f"choose one of {VIDEO_MODES}")
         if self.num_frames <= 0:
             bad("num_frames", self.num_frames, "must be positive")
+        grid = self.image_size // self.patch_size
+        if self.pool < 1 or grid % self.pool:
+            bad("pool", self.pool, f"must divide the patch grid ({grid} x {grid})")
+        if self.pool > 1 and self.cls_token:
+            bad("pool", self.pool, "pooling needs cls_token=False")
         if self.video_mode == "tubelets" and self.num_frames % self.tubelet_frames:
             bad("tubelet_frames", self.tubelet_frames, f"must divide num_frames={self.num_frames}")
 
@@ -83,6 +91,16 @@ class VisionConfig:
         if self.video_mode == "frames":
             return self.num_frames * self.image_tokens
         return (self.num_frames // self.tubelet_frames) * self.num_patches
+
+    @property
+    def image_out_tokens(self) -> int:
+        """Tokens per image that the text model reads (after pooling)."""
+        return self.num_patches // self.pool**2 + int(self.cls_token)
+
+    @property
+    def video_out_tokens(self) -> int:
+        """Tokens per clip that the text model reads (after pooling)."""
+        return self.video_tokens // self.pool**2
 
 
 @dataclasses.dataclass(frozen=True)

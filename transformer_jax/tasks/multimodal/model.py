@@ -53,11 +53,11 @@ def media_columns(config: MultimodalConfig) -> int:
     """M: the columns of all media blocks of a row."""
     M = 0
     if config.max_images:
-        M += config.max_images * (config.vision.image_tokens + 2)
+        M += config.max_images * (config.vision.image_out_tokens + 2)
     if config.audio is not None:
         M += config.audio.audio_tokens + 2
     if config.video:
-        M += config.vision.video_tokens + 2
+        M += config.vision.video_out_tokens + 2
     return M
 
 
@@ -66,7 +66,7 @@ def media_layout(config: MultimodalConfig, media: dict[str, Any]) -> MediaLayout
     parts, kinds = [], []
     B = _batch_size(media)
     if config.max_images:
-        P = config.vision.image_tokens + 2
+        P = config.vision.image_out_tokens + 2
         slots_BN = jnp.arange(config.max_images)[None, :] < media["num_images"][:, None]
         parts.append(jnp.repeat(slots_BN, P, axis=1))
         kinds.append(np.full(config.max_images * P, MODALITY_IDS["image"]))
@@ -79,7 +79,7 @@ def media_layout(config: MultimodalConfig, media: dict[str, Any]) -> MediaLayout
         parts.append(jnp.concatenate([present_B1, tokens_BA & present_B1, present_B1], axis=1))
         kinds.append(np.full(A + 2, MODALITY_IDS["audio"]))
     if config.video:
-        V = config.vision.video_tokens + 2
+        V = config.vision.video_out_tokens + 2
         present_B1 = (media["num_frames"] > 0)[:, None]
         parts.append(jnp.broadcast_to(present_B1, (B, V)))
         kinds.append(np.full(V, MODALITY_IDS["video"]))
@@ -93,6 +93,31 @@ def _batch_size(media: dict[str, Any]) -> int:
         if key in media:
             return media[key].shape[0]
     raise ValueError("no media counts in the batch")
+
+
+def _pool(x_NPD, grid: int, pool: int):
+    """Average-pools [N, frames * grid * grid, D] tokens (row-major patches per frame) by
+    pool x pool within each frame."""
+    if pool == 1:
+        return x_NPD
+    N, P, D = x_NPD.shape
+    g = grid // pool
+    x = x_NPD.reshape(N, P // (grid * grid), g, pool, g, pool, D)
+    return x.mean(axis=(3, 5)).reshape(N, -1, D)
+
+
+def _compact(max_tokens: int, seg_BT, *arrays):
+    """Each row's real tokens (segment id != 0) moved to its front, in order, and the
+    first `max_tokens` columns kept; padding carries over with segment id 0. Positions
+    counted over real tokens are unchanged, so the result computes the same as the full
+    row (while its real tokens fit)."""
+    order_BT = jnp.argsort(seg_BT == 0, axis=1, stable=True)[:, :max_tokens]
+
+    def take(x):
+        index = order_BT.reshape(order_BT.shape + (1,) * (x.ndim - 2))
+        return jnp.take_along_axis(x, index, axis=1)
+
+    return take(seg_BT), *(take(a) for a in arrays)
 
 
 def _pixels(x_uint8):
@@ -164,7 +189,9 @@ class MultimodalModel(nn.Module):
         if cfg.max_images:
             images = media["images"]
             B, N = images.shape[:2]
+            v = cfg.vision
             x = self.image_encoder(_pixels(images.reshape((B * N,) + images.shape[2:])))
+            x = _pool(x, v.image_size // v.patch_size, v.pool)
             x = self.image_proj(x).reshape(B * N, -1, t.d_model)
             x = self._block(x, 0).reshape(B, -1, t.d_model)
             blocks.append(x)
@@ -176,14 +203,17 @@ class MultimodalModel(nn.Module):
             blocks.append(self._block(self.audio_proj(x), 1))
         if cfg.video:
             video = _pixels(media["video"])
-            if cfg.vision.video_mode == "tubelets":
-                x = self.video_proj(self.video_encoder(video))
+            v = cfg.vision
+            grid = v.image_size // v.patch_size
+            if v.video_mode == "tubelets":
+                x = self.video_proj(_pool(self.video_encoder(video), grid, v.pool))
             else:
                 B, F = video.shape[:2]
                 x = self.image_encoder(video.reshape((B * F,) + video.shape[2:]))
                 x = x.reshape(B, F, -1, x.shape[-1])
                 x = x + jnp.asarray(self.time_embed, x.dtype)[None, :, None, :]
-                x = self.image_proj(x.reshape(B, -1, x.shape[-1]))
+                x = _pool(x.reshape(B, -1, x.shape[-1]), grid, v.pool)
+                x = self.image_proj(x)
             blocks.append(self._block(x, 2))
         layout = media_layout(cfg, media)
         x_BMD = jnp.concatenate(blocks, axis=1).astype(t.dtype)
@@ -222,8 +252,16 @@ class MultimodalModel(nn.Module):
             x_BTD = jnp.concatenate([media_BMD, text_BLD], axis=1)
             seg_BT = jnp.concatenate([media_seg_BM, text_seg_BL], axis=1)
             prefix_BT = jnp.concatenate([layout.valid_BM, text_prefix_BL], axis=1)
-            y_BTD = self.decoder(x_BTD, None, seg_BT, _positions(seg_BT), None, prefix_BT)
-            return self.logits(y_BTD[:, M:])
+            K = cfg.max_tokens
+            if not K or K >= M + L:
+                y_BTD = self.decoder(x_BTD, None, seg_BT, _positions(seg_BT), None, prefix_BT)
+                return self.logits(y_BTD[:, M:])
+            seg_BK, x_BKD, prefix_BK = _compact(K, seg_BT, x_BTD, prefix_BT)
+            y_BKD = self.decoder(x_BKD, None, seg_BK, _positions(seg_BK), None, prefix_BK)
+            # Text column j sits after the row's real media tokens and real text before it.
+            before_BL = jnp.sum(media_seg_BM, axis=1)[:, None] + jnp.cumsum(text_seg_BL, 1) - 1
+            index_BL1 = jnp.clip(before_BL, 0, K - 1)[:, :, None]
+            return self.logits(jnp.take_along_axis(y_BKD, index_BL1, axis=1))
         memory_BMD = self.media_encoder(media_BMD, media_seg_BM, _positions(media_seg_BM))
         y_BLD = self.decoder(
             text_BLD, memory_BMD, text_seg_BL, _positions(text_seg_BL), media_seg_BM,

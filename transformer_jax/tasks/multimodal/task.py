@@ -215,8 +215,13 @@ class MultimodalTask(Task):
                 continue
             import importlib
 
+            group = name.split("_")[0]
             mod = importlib.import_module(f"transformer_jax.tasks.multimodal.{module}")
-            _, imported = getattr(mod, fn)(path)
+            try:
+                hf_config, imported = getattr(mod, fn)(path)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{group}.hf_path={path!r}: {e}") from None
+            _check_hf_sizes(group, self.cfg[group], hf_config, path)
             ours, theirs = flatten(nn.unbox(params[name])), flatten(imported)
             for key in sorted(set(ours) | set(theirs)):
                 a, b = ours.get(key), theirs.get(key)
@@ -295,6 +300,33 @@ class MultimodalTask(Task):
         p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's")
         p.add_argument("--json", action="store_true", help="Hugging Face's output as JSON")
         p.set_defaults(fn=cmd_describe)
+
+
+def _check_hf_sizes(group: str, run, imported, path: str) -> None:
+    """One line naming the first `image.*` / `audio.*` key that differs from the size of
+    the imported encoder (`imported`: its VisionConfig / AudioConfig)."""
+    s = imported.stack
+    want = {
+        "d_model": s.d_model,
+        "num_heads": s.num_heads,
+        "d_ff": s.d_ff,
+        "num_layers": s.num_encoder_layers,
+    }
+    if group == "image":
+        want.update(
+            image_size=imported.image_size,
+            patch_size=imported.patch_size,
+            cls_token=imported.cls_token,
+            positions=imported.positions,
+        )
+    else:
+        want.update(n_mels=imported.n_mels, max_positions=imported.max_positions)
+    for key, value in want.items():
+        if run[key] != value:
+            raise ConfigError(
+                f"{group}.hf_path={path!r} holds an encoder with {group}.{key}={value!r}, "
+                f"this run has {run[key]!r}: set {group}.{key}={value!r}"
+            )
 
 
 def _boxed(x) -> bool:
