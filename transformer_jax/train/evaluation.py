@@ -307,11 +307,8 @@ def _eval_settings(setup, split: str, averaged: bool, limit: int, loss_batches: 
             for k in ("beam_size", "alpha", "extra_length", "max_decode_len", "batch_size")
             if k in cfg.get("decode", {})
         },
-        "data": {
-            "name": cfg.data.name,
-            "max_length": cfg.data.max_length,
-            "eval_tokens_per_batch": cfg.data.eval_tokens_per_batch,
-        },
+        # The task's own data keys (lengths, batch sizes, formats) decide the numbers too.
+        "data": {k: v for k, v in cfg.data.to_dict().items() if k not in ("train_split",)},
         "model": {"attention_impl": m.attention_impl, "dtype": np.dtype(m.dtype).name},
         "mesh": {k: int(v) for k, v in setup.mesh.shape.items()},
         "overrides": setup.overrides,
