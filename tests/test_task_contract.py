@@ -304,7 +304,7 @@ def test_the_pipeline_factory_serves_the_runs_own_task(uninterrupted):
 def test_unknown_task_is_one_line_listing_the_known_ones():
     with pytest.raises(
         ConfigError,
-        match=r"^config key 'task'='toy': choose one of causal_lm, classification, masked_lm, translation",
+        match=r"^config key 'task'='toy': choose one of causal_lm, classification, masked_lm, multimodal, translation",
     ):
         toy_config(task="toy")
     with pytest.raises(ConfigError, match="toy.digits"):
