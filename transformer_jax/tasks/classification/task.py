@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from transformer_jax.config import ConfigError
+from transformer_jax.tasks.catalog_data import CatalogData
 from transformer_jax.tasks.classification.config import (
     class_weights,
     classification_base,
@@ -39,7 +40,7 @@ from transformer_jax.tasks.cli import load_run, read_texts
 from transformer_jax.train.task import Evaluator, InputError, Task
 
 
-class ClassificationTask(Task):
+class ClassificationTask(CatalogData, Task):
     name = "classification"
     pipeline_names = ("text-classification",)
     base_config_name = "classification_base()"
@@ -67,17 +68,6 @@ class ClassificationTask(Task):
         validate_classification(cfg)
 
     # -- data ------------------------------------------------------------------------------
-
-    def _source(self, split: str):
-        from transformer_jax.data import catalog
-
-        d = self.cfg.data
-        return catalog.data_source(d.name, split, d.data_dir or None)
-
-    def check_data(self) -> None:
-        from transformer_jax.data import catalog
-
-        catalog.builder(self.cfg.data.name, self.cfg.data.data_dir or None)
 
     def label_map(self) -> LabelMap:
         """`data.labels`, else the dataset's ClassLabel names (none for regression)."""

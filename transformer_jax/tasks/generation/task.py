@@ -22,6 +22,7 @@ import numpy as np
 from transformer_jax.config import ConfigError
 from transformer_jax.data import hf_tokenizer as _hf_tokenizer  # noqa: F401 (registers its kind)
 from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.tasks.catalog_data import CatalogData
 from transformer_jax.tasks.generation.config import lm_base, model_config, validate_lm
 from transformer_jax.train.losses import smoothed_cross_entropy
 from transformer_jax.train.task import Evaluator, InputError, Task
@@ -51,7 +52,7 @@ def decoder_only_flops(config: TransformerConfig, batch: int, length: int) -> fl
     return float(3 * fwd)
 
 
-class CausalLMTask(Task):
+class CausalLMTask(CatalogData, Task):
     name = "causal_lm"
     pipeline_names = ("text-generation",)
     base_config_name = "lm_base()"
@@ -78,17 +79,6 @@ class CausalLMTask(Task):
         validate_lm(cfg)
 
     # -- data ------------------------------------------------------------------------------
-
-    def _source(self, split: str):
-        from transformer_jax.data import catalog
-
-        d = self.cfg.data
-        return catalog.data_source(d.name, split, d.data_dir or None)
-
-    def check_data(self) -> None:
-        from transformer_jax.data import catalog
-
-        catalog.builder(self.cfg.data.name, self.cfg.data.data_dir or None)
 
     def make_processors(self, workdir: str) -> dict[str, Any]:
         """A SentencePiece model trained on the training split (or `tokenizer.path`)."""

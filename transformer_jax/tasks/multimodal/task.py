@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from transformer_jax.config import ConfigError
+from transformer_jax.tasks.catalog_data import CatalogData
 from transformer_jax.tasks.generation.task import decoder_only_flops
 from transformer_jax.tasks.multimodal.config import (
     MultimodalConfig,
@@ -47,7 +48,7 @@ def answer_targets(batch) -> tuple[jax.Array, jax.Array]:
     return targets_BL, ((next_real_BL != 0) & in_answer_BL).astype(jnp.float32)
 
 
-class MultimodalTask(Task):
+class MultimodalTask(CatalogData, Task):
     name = "multimodal"
     pipeline_names = ("image-text-to-text",)
     base_config_name = "mm_base()"
@@ -73,17 +74,6 @@ class MultimodalTask(Task):
         validate_mm(cfg)
 
     # -- data ------------------------------------------------------------------------------
-
-    def _source(self, split: str):
-        from transformer_jax.data import catalog
-
-        d = self.cfg.data
-        return catalog.data_source(d.name, split, d.data_dir or None)
-
-    def check_data(self) -> None:
-        from transformer_jax.data import catalog
-
-        catalog.builder(self.cfg.data.name, self.cfg.data.data_dir or None)
 
     def make_processors(self, workdir: str) -> dict[str, Any]:
         from transformer_jax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece

@@ -19,6 +19,7 @@ import numpy as np
 
 from transformer_jax.config import ConfigError
 from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.tasks.catalog_data import CatalogData
 from transformer_jax.tasks.translation import marian  # noqa: F401  (registers its tokenizers)
 from transformer_jax.tasks.translation.config import (
     model_config,
@@ -29,7 +30,7 @@ from transformer_jax.train.losses import smoothed_cross_entropy
 from transformer_jax.train.task import Evaluator, Task
 
 
-class TranslationTask(Task):
+class TranslationTask(CatalogData, Task):
     name = "translation"
     pipeline_names = ("translation",)
     base_config_name = "translation_base()"
@@ -56,18 +57,6 @@ class TranslationTask(Task):
         validate_translation(cfg)
 
     # -- data ------------------------------------------------------------------------------
-
-    def _source(self, split: str):
-        from transformer_jax.data import catalog
-
-        d = self.cfg.data
-        # Generates this package's datasets on first use; others must be prepared.
-        return catalog.data_source(d.name, split, d.data_dir or None)
-
-    def check_data(self) -> None:
-        from transformer_jax.data import catalog
-
-        catalog.builder(self.cfg.data.name, self.cfg.data.data_dir or None)
 
     def make_processors(self, workdir: str) -> dict[str, Any]:
         """One SentencePiece model for both sides: trained on the training split, or
