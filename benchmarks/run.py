@@ -200,6 +200,7 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__ if torch is not None else None,
         "torch_threads": _set_torch_threads(torch) if torch is not None else None,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }
 
 
@@ -670,6 +671,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"python {m['python']}",
         f"- threads: torch.set_num_threads({m['torch_threads']}), OMP_WAIT_POLICY="
         f"{m['omp_wait_policy']}; XLA sizes its own CPU thread pool (not set here)",
+        f"- GLIBC_TUNABLES={m.get('glibc_tunables')} for both sides (TJAX_MALLOC=default: unset)",
         f"- load average (1/5/15 min): {m['load_average_1_5_15']} at start, "
         f"{report['load_average_end']} at end. Other processes may share the cores; the "
         "two sides' timed windows alternate so that load hits both alike, but absolute "
@@ -771,6 +773,11 @@ def write_report(report: dict[str, Any], table: str, out_dir: str) -> tuple[str,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    if argv is None:  # `python -m benchmarks.run`: the malloc settings `tjax` runs with
+        from transformer_jax.malloc_env import reexec_with_tuned_malloc
+
+        # Both sides run in this one process, so both get the same malloc settings.
+        reexec_with_tuned_malloc(("benchmarks.run",))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: tiny shape only, 2 timed windows"

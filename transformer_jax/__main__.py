@@ -42,12 +42,20 @@ def _overrides(extra: list[str]) -> list[str]:
 
 
 def cmd_train(args, extra) -> int:
-    from transformer_jax.config import load_config
+    from transformer_jax.config import config_file, load_config
     from transformer_jax.train.trainer import train_and_evaluate
 
-    cfg = load_config(args.config, _overrides(extra))
+    overrides = _overrides(extra)
+    cfg = load_config(args.config, overrides)
     _check_workdir(args, write=True, create=True, write_checkpoints=True)
-    result = train_and_evaluate(cfg, args.workdir)
+    # How the run was started, printed with the config and kept in <workdir>/starts.jsonl.
+    command = {
+        "config": args.config,
+        "config_file": os.path.abspath(config_file(args.config)),
+        "overrides": overrides,
+        "argv": ["tjax", *args.argv],
+    }
+    result = train_and_evaluate(cfg, args.workdir, command=command)
     print(
         json.dumps(
             {k: v for k, v in result.items() if k not in ("examples", "files")}, ensure_ascii=False
@@ -121,6 +129,49 @@ def cmd_export_hf(args, extra) -> int:
     return 0
 
 
+def cmd_attention(args, extra) -> int:
+    from transformer_jax.train.attention_maps import attention_maps
+    from transformer_jax.train.paths import check_workdir
+
+    layers = None
+    if args.layers is not None:
+        try:
+            layers = [int(x) for x in args.layers.split(",") if x.strip()]
+        except ValueError:
+            _usage_error(f"--layers must be comma-separated layer numbers, got {args.layers!r}")
+    check_workdir(args.workdir, write=False)
+    for path in attention_maps(
+        args.workdir, args.text, out_dir=args.out, step=args.step, layers=layers
+    ):
+        print(path)
+    return 0
+
+
+def cmd_plot(args, extra) -> int:
+    from transformer_jax.train.plots import log_to_tensorboard, plot_runs
+
+    written = plot_runs(args.workdirs, args.out)
+    for path in written:
+        print(path)
+    if args.tensorboard:
+        for workdir in args.workdirs:
+            log_to_tensorboard(workdir, written[0])
+    return 0
+
+
+def cmd_info(args, extra) -> int:
+    from transformer_jax.train.runinfo import format_run_info, format_run_table, run_info
+
+    infos = [run_info(w) for w in args.workdirs]
+    if args.json:
+        print(json.dumps(infos[0] if len(infos) == 1 else infos, indent=2, default=str))
+    elif len(infos) == 1:
+        print(format_run_info(infos[0]))
+    else:
+        print(format_run_table(infos))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tjax", description="transformer_jax: train, evaluate and serve Transformer models."
@@ -143,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, help="default: the config's test split")
     e.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
     e.add_argument("--averaged", action="store_true", help="use `tjax average` output")
-    e.add_argument("--limit", type=int, default=0, help="score only the first N examples")
+    e.add_argument("--limit", type=int, default=0, help="score only the first N examples (0 = all)")
     e.add_argument("--loss-batches", type=int, default=0, help="0 = the whole split")
     e.set_defaults(fn=cmd_eval)
 
@@ -176,7 +227,64 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--workdir", required=True)
     x.add_argument("--to", dest="dst", required=True, help="new (or empty) folder to write")
     x.set_defaults(fn=cmd_export_hf)
+
+    at = sub.add_parser(
+        "attention",
+        help="draw a sentence's attention weights: one PNG per layer, a heatmap per head",
+        description="Translation runs: encoder, decoder and encoder-decoder attention of the "
+        "model's own greedy translation; language models: self-attention over the prompt "
+        "and a few generated tokens. Prints the paths of the PNGs written.",
+    )
+    at.add_argument("--workdir", required=True)
+    at.add_argument("text", help="the sentence (or prompt)")
+    at.add_argument("--out", default=None, help="default: <workdir>/attention/step<N>")
+    at.add_argument("--layers", default=None, help="e.g. 0,3 (default: every layer)")
+    at.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
+    at.set_defaults(fn=cmd_attention)
+
+    pl = sub.add_parser("plot", help="PNG of runs' loss, eval metrics, learning rate, tokens/s")
+    pl.add_argument(
+        "--workdir", dest="workdirs", action="append", required=True, help="repeat to compare runs"
+    )
+    pl.add_argument("--out", default=None, help="folder for the PNG (default: the first workdir)")
+    pl.add_argument(
+        "--tensorboard", action="store_true", help="also add the picture to each run's TensorBoard"
+    )
+    pl.set_defaults(fn=cmd_plot)
+
+    i = sub.add_parser("info", help="a run's task, size, steps, checkpoints, best metric")
+    i.add_argument(
+        "--workdir", dest="workdirs", action="append", required=True, help="repeat for a table"
+    )
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_info)
+    show_defaults(p)
     return p
+
+
+# What an option left unset means, where every command means the same.
+DEFAULT_TEXTS = {"--step": "the latest checkpoint"}
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Adds "(default: ...)" to the help of every option of every command (the tasks'
+    verbs too) whose help does not name its default yet; flags are off by default."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                show_defaults(sub)
+            continue
+        if not action.option_strings or action.required or action.nargs == 0:
+            continue  # positionals, required options, flags and --help
+        if "default" in (action.help or "").lower():
+            continue
+        if action.default is None:
+            text = DEFAULT_TEXTS.get(action.option_strings[-1])
+            if text is None:
+                continue  # its help must say it (a test checks every command's)
+        else:
+            text = "%(default)s"  # argparse expands it (a value may hold a %)
+        action.help = f"{action.help} (default: {text})" if action.help else f"(default: {text})"
 
 
 def _check_workdir(args, **how) -> None:
@@ -204,6 +312,15 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `tjax` program itself (not main([...]) from Python)
+        from transformer_jax.malloc_env import reexec_with_tuned_malloc
+
+        # Before jax is imported: glibc reads its malloc tunables only at process start,
+        # so this re-executes the same command once with them (TJAX_MALLOC=default: not).
+        try:
+            reexec_with_tuned_malloc(("transformer_jax.__main__",), scripts=("tjax",))
+        except ValueError as e:
+            _usage_error(str(e))
     from transformer_jax.train.preemption import Terminated, TerminateOnSignal
 
     words = sys.argv[1:] if argv is None else argv
@@ -226,6 +343,7 @@ def _main(argv: list[str] | None) -> int:
     quiet_libraries()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command != "train" and args.command != "eval" and extra:
         parser.error(f"unrecognized arguments: {' '.join(map(repr, extra))}")
     from transformer_jax.errors import user_error_message

@@ -436,3 +436,29 @@ def checker(cfg: ml_collections.ConfigDict):
         return None if value is _MISSING else value
 
     return need, get
+
+
+def override_keys(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The keys of `key=value` overrides, in order, each once."""
+    keys: list[str] = []
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def format_config(
+    cfg: ml_collections.ConfigDict,
+    overrides: list[str] | tuple[str, ...] = (),
+    source: str | None = None,
+) -> str:
+    """The config one key a line (`a.b = value`, sorted), the overridden keys marked `*`."""
+    marked = set(override_keys(overrides))
+    title = "config" + (f" {source}" if source else "")
+    if marked:
+        title += " (* = overridden on the command line)"
+    lines = [f"{title}:"]
+    for key, value in sorted(_leaves(cfg)):
+        lines.append(f"  {key} = {_shown(value)}" + (" *" if key in marked else ""))
+    return "\n".join(lines)

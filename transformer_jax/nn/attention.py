@@ -10,7 +10,12 @@ import jax.numpy as jnp
 
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.nn.positions import apply_rope
-from transformer_jax.ops.attention import _MASK_VALUE, _visible, dot_product_attention
+from transformer_jax.ops.attention import (
+    _MASK_VALUE,
+    _visible,
+    attention_with_weights,
+    dot_product_attention,
+)
 
 
 class Projection(nn.Module):
@@ -158,13 +163,12 @@ class MultiHeadAttention(nn.Module):
                 k_BSKH, v_BSKH, kv_seg_BS = k_c.value, v_c.value, seg_c.value
             else:
                 k_BSKH, v_BSKH = key_proj(kv_BSD), value_proj(kv_BSD)
-            o_BTNH = dot_product_attention(
+            o_BTNH = self._attend(
                 q_BTNH,
                 k_BSKH,
                 v_BSKH,
                 q_segment_ids=q_seg_BT,
                 kv_segment_ids=kv_seg_BS,
-                implementation=cfg.attention_impl,
             )
             return self._out(o_BTNH)
 
@@ -185,7 +189,7 @@ class MultiHeadAttention(nn.Module):
             return self._out(o_BTNH)
         if cfg.decode and self.causal:
             return self._out(self._cached_self_attention(q_BTNH, k_BTKH, v_BTKH, q_pos_BT))
-        o_BTNH = dot_product_attention(
+        o_BTNH = self._attend(
             q_BTNH,
             k_BTKH,
             v_BTKH,
@@ -196,9 +200,29 @@ class MultiHeadAttention(nn.Module):
             causal=self.causal,
             q_prefix=q_prefix_BT,
             kv_prefix=q_prefix_BT,
-            implementation=cfg.attention_impl,
         )
         return self._out(o_BTNH)
+
+    def _attend(self, q_BTNH, k_BSKH, v_BSKH, **masks) -> jax.Array:
+        """The attention core; also sows the probabilities [B, N, T, S] as
+        intermediates/attention_weights when the caller asks for them.
+
+        Only on request (apply with mutable=["intermediates"]) and only with the "xla"
+        reference core: other applies trace exactly `dot_product_attention`, and the
+        memory-efficient kernels never have to return weights.
+        """
+        cfg = self.config
+        if (
+            cfg.attention_impl == "xla"
+            and self.is_mutable_collection("intermediates")
+            and not self.is_initializing()
+        ):
+            o_BTNH, p_BNTS = attention_with_weights(q_BTNH, k_BSKH, v_BSKH, **masks)
+            self.sow("intermediates", "attention_weights", p_BNTS)
+            return o_BTNH
+        return dot_product_attention(
+            q_BTNH, k_BSKH, v_BSKH, implementation=cfg.attention_impl, **masks
+        )
 
     def _slot_cached_self_attention(
         self, q_BTNH, k_BTKH, v_BTKH, q_seg_BT, q_pos_BT, q_prefix_BT

@@ -29,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "IMPLEMENTATIONS",
+    "attention_with_weights",
     "dot_product_attention",
     "make_attention_mask",
     "prefix_from_lengths",
@@ -318,8 +319,12 @@ def _xla_attention(
     v: jax.Array,
     mask: jax.Array,
     bias: jax.typing.ArrayLike | None,
-) -> jax.Array:
-    """Reference attention materialising ``[B, N, T, S]`` scores; mask is ``[B, 1, T, S]``."""
+    with_weights: bool = False,
+):
+    """Reference attention materialising ``[B, N, T, S]`` scores; mask is ``[B, 1, T, S]``.
+
+    With ``with_weights``: (output, probabilities ``[B, N, T, S]``).
+    """
     B, T, N, H = q.shape
     S, K = k.shape[1], k.shape[2]
     G = N // K
@@ -344,7 +349,42 @@ def _xla_attention(
     out_BTKGH = jnp.einsum(
         "bkgts,bskh->btkgh", p_BKGTS.astype(v.dtype), v, preferred_element_type=jnp.float32
     )
-    return out_BTKGH.reshape(B, T, N, H).astype(q.dtype)
+    out_BTNH = out_BTKGH.reshape(B, T, N, H).astype(q.dtype)
+    if with_weights:
+        return out_BTNH, p_BKGTS.reshape(B, N, T, S)
+    return out_BTNH
+
+
+def attention_with_weights(
+    query: jax.typing.ArrayLike,
+    key: jax.typing.ArrayLike,
+    value: jax.typing.ArrayLike,
+    *,
+    q_segment_ids: jax.typing.ArrayLike | None = None,
+    kv_segment_ids: jax.typing.ArrayLike | None = None,
+    q_positions: jax.typing.ArrayLike | None = None,
+    kv_positions: jax.typing.ArrayLike | None = None,
+    causal: bool = False,
+    q_prefix: jax.typing.ArrayLike | None = None,
+    kv_prefix: jax.typing.ArrayLike | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """The "xla" reference attention (same arguments as `dot_product_attention`), also
+    returning its probabilities ``[B, N, T, S]`` (float32; masked keys 0, rows sum to 1).
+
+    For inspecting a model (attention maps); the memory-efficient kernels never
+    materialise these weights.
+    """
+    q, k, v = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+    _check_qkv(q, k, v)
+    B, T, _, _ = q.shape
+    S = k.shape[1]
+    q_seg = _ids_or_default(q_segment_ids, (B, T), "q_segment_ids", arange=False)
+    kv_seg = _ids_or_default(kv_segment_ids, (B, S), "kv_segment_ids", arange=False)
+    q_pos = _ids_or_default(q_positions, (B, T), "q_positions", arange=True)
+    kv_pos = _ids_or_default(kv_positions, (B, S), "kv_positions", arange=True)
+    q_pre, kv_pre = _prefix_or_none(q_prefix, kv_prefix, (B, T), (B, S), causal)
+    mask = _visible(q_seg, kv_seg, q_pos, kv_pos, causal, q_pre, kv_pre)[:, None]
+    return _xla_attention(q, k, v, mask, None, with_weights=True)
 
 
 # ------------------------------------------------------------------------- chunked

@@ -56,10 +56,11 @@ class Progress:
     On a terminal, one line redrawn in place (at most every `redraw_s` seconds): a bar
     with the step count, the steps/s, tokens/s and ETA measured at the last log step,
     that step's metrics, and what the run is doing now (compiling, evaluating loss
-    n/N, decoding n/N). Elsewhere (a file, a pipe, a notebook): plain lines, one per log
-    step and per phase, a phase's progress at most every `phase_every_s` seconds.
-    While entered (`with progress:`), `report()` reaches it from anywhere.
-    `total_steps=None` shows phases only (no bar).
+    n/N, decoding n/N, with the phase's rate and ETA once measured). Elsewhere (a file,
+    a pipe, a notebook): plain lines, one per log step and per phase, a phase's progress
+    at most every `phase_every_s` seconds. While entered (`with progress:`), `report()`
+    reaches it from anywhere. `total_steps=None` shows phases only, each with its own bar.
+    `clock` is the time source (seconds).
     """
 
     def __init__(
@@ -70,13 +71,15 @@ class Progress:
         stream=None,
         redraw_s: float = 0.1,
         phase_every_s: float = 30.0,
+        clock=time.perf_counter,
     ):
         self.total = total_steps
         self.enabled = enabled and jax.process_index() == 0
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.redraw_s, self.phase_every_s = redraw_s, phase_every_s
-        self._t0 = time.perf_counter()
+        self._clock = clock
+        self._t0 = clock()
         self._s0 = start_step
         self._step = start_step
         self._sps = 0.0  # steps/s and tokens/step as of the last log step
@@ -84,6 +87,8 @@ class Progress:
         self._scalars: dict[str, float] = {}
         self._phase = ""
         self._phase_label = ""
+        self._phase_count: tuple[int, int] | None = None  # (done, total) of the phase
+        self._phase_start = (0.0, 0)  # when the phase's count started, and from where
         self._phase_shown = -math.inf  # when the phase was last written (plain lines)
         self._drawn = -math.inf  # when the line was last drawn (terminal)
         self._width = 0  # characters of the line now on the terminal
@@ -99,14 +104,15 @@ class Progress:
         self.close()
 
     def reset_clock(self, step: int) -> None:
-        self._t0, self._s0 = time.perf_counter(), step
+        self._t0, self._s0 = self._clock(), step
 
     def update(self, step: int, tokens_per_step: float, scalars: dict[str, float]) -> str:
         """A log step: the step's metrics are known; measures the rate since the clock's reset."""
-        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        elapsed = max(self._clock() - self._t0, 1e-9)
         self._sps = (step - self._s0) / elapsed
         self._step, self._tokens, self._scalars = step, tokens_per_step, dict(scalars)
         self._phase = self._phase_label = ""
+        self._phase_count = None
         line = self._line()
         if self.enabled:
             if self.tty:
@@ -121,10 +127,11 @@ class Progress:
         `in_flight`: results of the steps up to `step` not read yet, oldest first; the
         bar counts the steps whose result is ready (dispatch runs ahead of the device).
         """
-        self._phase = self._phase_label = ""  # training again
+        self._phase = self._phase_label = ""
+        self._phase_count = None  # training again
         if not (self.enabled and self.tty):
             return
-        now = time.perf_counter()
+        now = self._clock()
         if now - self._drawn < self.redraw_s:
             return
         waiting = len(in_flight)
@@ -150,17 +157,30 @@ class Progress:
     def phase(self, label: str, done: int | None = None, total: int | None = None) -> None:
         """Shows what the run is doing now, e.g. ("decoding", 64, 200)."""
         new = label != self._phase_label
+        now = self._clock()
+        done = done or 0
+        old = self._phase_count
+        if new or total is None or old is None or done < old[0]:  # a new count starts
+            self._phase_start = (now, done)
         self._phase_label = label
-        self._phase = label if total is None else f"{label} {done or 0}/{total}"
+        self._phase_count = None if total is None else (done, total)
+        self._phase = label if total is None else f"{label} {done}/{total}{self._rate(now)}"
         if not self.enabled:
             return
-        now = time.perf_counter()
         if self.tty:
             if new or now - self._drawn >= self.redraw_s or done == total:
                 self._draw(self._line(), now)
         elif new or now - self._phase_shown >= self.phase_every_s:
             self._phase_shown = now
             self._write(self._phase + "\n")
+
+    def _rate(self, now: float) -> str:
+        """E.g. " 2.50/s ETA 0:00:30": the phase's rate since its count started, once known."""
+        (t0, d0), (done, total) = self._phase_start, self._phase_count
+        if done <= d0 or now <= t0:
+            return ""
+        rate = (done - d0) / (now - t0)
+        return f" {rate:.2f}/s ETA {_fmt(max(total - done, 0) / rate)}"
 
     def clear(self) -> None:
         """Erases the terminal line, e.g. before a log message."""
@@ -174,10 +194,12 @@ class Progress:
             self._width = 0
 
     def _line(self) -> str:
-        if self.total is None:
-            return self._phase
-        filled = min(int(20 * self._step / max(self.total, 1)), 20)
-        bar = f"[{'#' * filled}{'-' * (20 - filled)}] step {self._step}/{self.total}"
+        if self.total is None:  # phases only: a phase with a count gets the bar
+            if self._phase_count is None or not self._phase:
+                return self._phase
+            done, total = self._phase_count
+            return f"{_bar(done, total)} {self._phase}"
+        bar = f"{_bar(self._step, self.total)} step {self._step}/{self.total}"
         if self._phase:  # short, so that the phase fits the terminal's width
             return f"{bar} | {self._phase}"
         eta = (self.total - self._step) / self._sps if self._sps > 0 else math.inf
@@ -192,7 +214,7 @@ class Progress:
         if line != self._shown or not self._width:
             self._write("\r" + line + " " * max(self._width - len(line), 0))
             self._width, self._shown = len(line), line
-        self._drawn = time.perf_counter() if now is None else now
+        self._drawn = self._clock() if now is None else now
 
     def _write(self, text: str) -> None:
         self.stream.write(text)
@@ -203,6 +225,11 @@ def report(label: str, done: int | None = None, total: int | None = None) -> Non
     """Tells the innermost entered Progress what the run is doing (nothing if none)."""
     if _ACTIVE:
         _ACTIVE[-1].phase(label, done, total)
+
+
+def _bar(done: int, total: int) -> str:
+    filled = max(min(int(20 * done / max(total, 1)), 20), 0)
+    return f"[{'#' * filled}{'-' * (20 - filled)}]"
 
 
 def _fmt(seconds: float) -> str:

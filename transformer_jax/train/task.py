@@ -172,6 +172,11 @@ class Task:
         (`transformer_jax.train.restore.Loaded`); `settings` override the run's."""
         raise NotImplementedError
 
+    def attention_view(self, loaded, text: str) -> list:
+        """The attention weights of one input under a loaded checkpoint, as a list of
+        `transformer_jax.train.attention_maps.AttentionView` (`tjax attention`)."""
+        raise InputError(f"task {self.name or type(self).__name__} has no attention view")
+
     @classmethod
     def add_cli(cls, subparsers) -> None:
         """Adds this task's `tjax` verb(s) (e.g. `translate`) to the CLI's subparsers."""

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from transformer_jax.config import make_task
+from transformer_jax.config import format_config, make_task
 from transformer_jax.data.processors import processors_from_json, processors_to_json
 from transformer_jax.train import paths
 from transformer_jax.train import sharding as shd
@@ -45,7 +45,7 @@ from transformer_jax.train.optim import make_optimizer, make_schedule, with_froz
 from transformer_jax.train.preemption import Preempted, StopSignal
 from transformer_jax.train.restore import init_source, match_params, restore_latest_good
 from transformer_jax.train.task import Task
-from transformer_jax.train.workdir import WorkdirLock, check_finished_run
+from transformer_jax.train.workdir import WorkdirLock, check_finished_run, record_start
 from transformer_jax.train.workdir import record_config as record_run_config
 
 
@@ -141,18 +141,21 @@ def train_step(
         & jnp.isfinite(metrics["loss_sum"] * scale)
         & all_finite((params, opt_state))
     )
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    # One branch for the whole state, not a select per leaf: XLA would fuse the AND
+    # over every leaf into each leaf's select kernel, a program quadratic in the
+    # number of leaves (minutes of compiling for a few hundred leaves).
+    new_params, new_opt_state = jax.lax.cond(
+        finite,
+        lambda: (params, opt_state),
+        lambda: (state.params, state.opt_state),
+    )
     metrics = dict(
         metrics,
         tokens=tokens,
         grad_norm=jnp.where(finite, grad_norm, 0.0),
         nonfinite=1.0 - finite.astype(jnp.float32),
     )
-    new_state = TrainState(
-        step=state.step + 1,
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
-    )
+    new_state = TrainState(step=state.step + 1, params=new_params, opt_state=new_opt_state)
     return new_state, metrics
 
 
@@ -491,23 +494,34 @@ class Hook:
 
 
 def train_and_evaluate(
-    cfg: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook] = ()
+    cfg: ml_collections.ConfigDict,
+    workdir: str,
+    hooks: Sequence[Hook] = (),
+    command: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains (resuming from the latest good checkpoint in workdir) and returns final metrics.
 
     Stops cleanly on SIGTERM/SIGINT: finishes the step, saves, raises `Preempted`.
     `hooks` run after the run's own logging, checkpointing and evaluation hooks.
+    `command` (what `tjax train` was given: `config`, `overrides`, `argv`) is printed
+    with the effective config, its overridden keys marked; every start is recorded
+    in `<workdir>/starts.jsonl`, with `command` when given.
     """
     from transformer_jax.train import distributed
 
     distributed.initialize()  # no-op on one host; TPU/SLURM/TJAX_* env otherwise
     # One run per workdir, held until the run ends (also by an error or a signal).
     with WorkdirLock(workdir):
-        return _train_and_evaluate(cfg, workdir, hooks)
+        if command is not None:
+            log(format_config(cfg, command.get("overrides") or (), command.get("config")))
+        return _train_and_evaluate(cfg, workdir, hooks, command)
 
 
 def _train_and_evaluate(
-    cfg: ml_collections.ConfigDict, workdir: str, extra_hooks: Sequence[Hook]
+    cfg: ml_collections.ConfigDict,
+    workdir: str,
+    extra_hooks: Sequence[Hook],
+    command: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     setup = Setup(cfg, workdir, for_training=True)
     from transformer_jax.data.pipeline import iterator_state_to_json, restore_iterator_state
@@ -522,6 +536,7 @@ def _train_and_evaluate(
     def record_config() -> None:
         """config.json and its history, once the config has been checked against the run."""
         record_run_config(setup.workdir, cfg.to_dict(), start, saved_config, setup.step)
+        record_start(setup.workdir, start, command)
 
     if start >= tc.num_steps:
         if resumed:  # nothing to train: a changed config would never be used

@@ -12,7 +12,9 @@ and a heartbeat refreshed every `HEARTBEAT_S` seconds while the run lives:
 Only process 0 of a multi-host job takes the lock; all processes agree on the outcome.
 
 `config.json` is the config the run uses now; `config_history.jsonl` keeps every
-earlier effective config with the step from which it applied.
+earlier effective config with the step from which it applied; `starts.jsonl` has a
+line per start of the run (also each resume): the step, and the config name or file,
+overrides and command line it was started with.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from transformer_jax.train.metrics import log
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
+STARTS_FILE = "starts.jsonl"
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
 # Keys that change nothing a run computes (a finished run may be rerun with them changed).
@@ -415,3 +418,39 @@ def record_config(
     for line in lines:
         paths.append_line(paths.join(workdir, HISTORY_FILE), json.dumps(line))
     paths.write_text(paths.join(workdir, CONFIG_FILE), json.dumps(cfg, indent=2))
+
+
+def record_start(workdir: str, step: int, command: dict[str, Any] | None = None) -> None:
+    """Appends a line to starts.jsonl: when and from which step the run started, on
+    which host, and `command` (`config`, `overrides`, `argv`; None from Python)."""
+    if jax.process_index() != 0:
+        return
+    command = command or {}
+    line = {
+        "step": step,
+        "time": now_iso(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "config": command.get("config"),
+        "config_file": command.get("config_file"),
+        "overrides": list(command.get("overrides") or []),
+        "argv": list(command["argv"]) if command.get("argv") is not None else None,
+    }
+    paths.append_line(paths.join(workdir, STARTS_FILE), json.dumps(line))
+
+
+def read_starts(workdir: str) -> list[dict[str, Any]]:
+    """starts.jsonl's lines, oldest first (a line cut short is skipped)."""
+    try:
+        text = _read_text(paths.join(workdir, STARTS_FILE))
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            out.append(row)
+    return out

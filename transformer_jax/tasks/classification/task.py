@@ -358,7 +358,9 @@ class ClassificationTask(CatalogData, Task):
         p.add_argument("--averaged", action="store_true")
         p.add_argument("--top-k", type=int, default=1, help="classes per input, best first")
         p.add_argument("--json", action="store_true", help="JSON output")
-        p.add_argument("--batch-size", type=int, default=None)
+        p.add_argument(
+            "--batch-size", type=int, default=None, help="default: the run's classify.batch_size"
+        )
         p.set_defaults(fn=cmd_classify)
 
         f = subparsers.add_parser(

@@ -28,6 +28,7 @@ from transformer_jax.decode import cached
 from transformer_jax.decode.search import LENGTH_PENALTY_TYPES
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.nn.lm import CausalLM, cached_decoding_fns
+from transformer_jax.train.metrics import report
 from transformer_jax.train.task import InputError
 
 MIN_BUCKET = 16
@@ -223,6 +224,7 @@ class Generator:
             rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
         rows.sort(key=lambda r: len(prompts[r[0]]))  # batches of similar lengths
         per_batch = max(1, self.batch_size // options.num_beams) if beams else self.batch_size
+        report("generating", 0, len(rows))  # shown by an active Progress (evaluations)
         for start in range(0, len(rows), per_batch):
             chunk = rows[start : start + per_batch]
             chunk_prompts = [prompts[i] for i, _ in chunk]
@@ -231,6 +233,7 @@ class Generator:
             )
             for (i, _), seqs in zip(chunk, out, strict=True):
                 results[i].extend(seqs)
+            report("generating", start + len(chunk), len(rows))
         return results
 
     def _run_batch(self, prompts, seeds, copies, options: GenerateOptions):

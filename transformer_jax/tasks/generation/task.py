@@ -201,6 +201,11 @@ class CausalLMTask(CatalogData, Task):
 
         return TextGenerationPipeline.from_loaded(loaded, **settings)
 
+    def attention_view(self, loaded, text: str) -> list:
+        from transformer_jax.tasks.generation.attention import lm_attention
+
+        return lm_attention(loaded, text)
+
     @classmethod
     def add_cli(cls, subparsers) -> None:
         g = lm_base().generate
@@ -225,16 +230,18 @@ class CausalLMTask(CatalogData, Task):
         p.add_argument("--top-k", type=int, default=None, help="0 = off (default)")
         p.add_argument("--top-p", type=float, default=None, help="in (0, 1]; 1 = off (default)")
         p.add_argument("--repetition-penalty", type=float, default=None, help="1 = off (default)")
-        p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+        p.add_argument("--stop", action="append", default=None, help="repeatable (default none)")
         p.add_argument("--num-return-sequences", type=int, default=None, help="default 1")
         p.add_argument("--seed", type=int, default=None, help="sampling seed, default 0")
-        p.add_argument("--num-beams", type=int, default=None, help="> 1: beam search")
+        p.add_argument("--num-beams", type=int, default=None, help="> 1: beam search (default 1)")
         p.add_argument("--length-penalty", type=float, default=None, help="beam search, default 1")
         p.add_argument(
             "--length-penalty-type", choices=("hf", "gnmt"), default=None, help="default hf"
         )
-        p.add_argument("--truncation", choices=("left", "error"), default=None)
-        p.add_argument("--batch-size", type=int, default=None, help="prompts per batch")
+        p.add_argument(
+            "--truncation", choices=("left", "error"), default=None, help=f"default {g.truncation}"
+        )
+        p.add_argument("--batch-size", type=int, default=None, help=f"default {g.batch_size}")
         p.add_argument("--json", action="store_true", help="JSON output, one line per prompt")
         p.set_defaults(fn=cmd_generate)
 

@@ -293,6 +293,7 @@ def _stack_of(group, text: TransformerConfig) -> TransformerConfig:
         dtype=text.dtype,
         attention_impl=text.attention_impl,
         remat=text.remat,
+        scan_layers=text.scan_layers,
         dropout_rate=text.dropout_rate,
     )
 

@@ -25,6 +25,7 @@ from transformer_jax.tasks.generation.text import lm_specials
 from transformer_jax.tasks.multimodal.config import MultimodalConfig
 from transformer_jax.tasks.multimodal.data import EncodeExample, stack_rows
 from transformer_jax.tasks.multimodal.model import MultimodalModel, answer
+from transformer_jax.train.metrics import report
 from transformer_jax.train.task import InputError
 
 _KNOWN_KEYS = ("text", "images", "audio", "video")
@@ -152,6 +153,7 @@ class ImageTextToTextPipeline:
     def answer_examples(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         """Greedy answers of canonical examples (prompt + media), in order."""
         out: list[str] = []
+        report("answering", 0, len(examples))  # shown by an active Progress (evaluations)
         for start in range(0, len(examples), self.batch_size):
             chunk = examples[start : start + self.batch_size]
             rows = []
@@ -166,6 +168,7 @@ class ImageTextToTextPipeline:
             )
             for seq in np.asarray(jax.device_get(ids))[: len(chunk)]:
                 out.append(self._detok(seq))
+            report("answering", len(out), len(examples))
         return out
 
     def _detok(self, seq: np.ndarray) -> str:

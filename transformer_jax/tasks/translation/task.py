@@ -232,6 +232,11 @@ class TranslationTask(CatalogData, Task):
 
         return TranslationPipeline.from_loaded(loaded, **settings)
 
+    def attention_view(self, loaded, text: str) -> list:
+        from transformer_jax.tasks.translation.attention import translation_attention
+
+        return translation_attention(loaded, text)
+
     @classmethod
     def add_cli(cls, subparsers) -> None:
         tr = subparsers.add_parser(
@@ -245,8 +250,10 @@ class TranslationTask(CatalogData, Task):
         tr.add_argument("text", nargs="*", help="sentences; none = read lines from stdin")
         tr.add_argument("--step", type=int, default=None)
         tr.add_argument("--averaged", action="store_true")
-        tr.add_argument("--beam-size", type=int, default=None, help="1 = greedy")
-        tr.add_argument("--batch-size", type=int, default=None)
+        tr.add_argument(
+            "--beam-size", type=int, default=None, help="1 = greedy (default: decode.beam_size)"
+        )
+        tr.add_argument("--batch-size", type=int, default=None, help="default: 64")
         tr.set_defaults(fn=cmd_translate)
 
 
