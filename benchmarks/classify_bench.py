@@ -738,4 +738,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from transformer_jax.malloc_env import reexec_with_tuned_malloc
+
+    # The malloc settings `tjax` runs with, for both sides (the workers inherit them).
+    reexec_with_tuned_malloc(("benchmarks.classify_bench",))
     main()

@@ -610,4 +610,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
+    from transformer_jax.malloc_env import reexec_with_tuned_malloc
+
+    # The malloc settings `tjax` runs with, for both sides (the workers inherit them).
+    reexec_with_tuned_malloc(("benchmarks.generate_bench",))
     main()

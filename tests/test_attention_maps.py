@@ -209,12 +209,52 @@ def test_render_png_is_a_real_picture_with_a_grid_of_heads():
 
 
 def test_a_task_without_a_view_says_so_in_one_line():
-    from transformer_jax.tasks.classification.task import ClassificationTask
+    from transformer_jax.tasks.multimodal.task import MultimodalTask
     from transformer_jax.train.task import InputError
 
-    task = ClassificationTask(ClassificationTask.base_config())
-    with pytest.raises(InputError, match=r"^task classification has no attention view$"):
+    task = MultimodalTask(MultimodalTask.base_config())
+    with pytest.raises(InputError, match=r"^task multimodal has no attention view$"):
         task.attention_view(None, "a sentence")
+
+
+class _Encoding:
+    """The part of a classification pipeline the view uses: text -> ids."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def encode(self, texts, warn):
+        return [np.asarray([2, *self.tok.encode(t), 3], np.int32) for t in texts]
+
+
+def test_encoder_view_is_bidirectional_self_attention_over_every_token():
+    from transformer_jax.configs.classify_tiny import get_config
+    from transformer_jax.data.tokenizer import train_sentencepiece
+    from transformer_jax.tasks.classification.attention import encoder_attention
+    from transformer_jax.tasks.classification.config import model_config
+    from transformer_jax.tasks.classification.model import TextEncoderModel
+    from transformer_jax.train.restore import Loaded
+
+    cfg = get_config()
+    cfg.model.update(d_model=16, num_heads=2, d_ff=32, num_encoder_layers=2)
+    texts = ["the screen is good but the battery is bad", "no es malo", "great value"] * 20
+    tok = train_sentencepiece(texts, vocab_size=60, model_type="bpe")
+    config = model_config(cfg, vocab_size=60, pad_id=0, num_labels=3, mlm_head=False)
+    params = TextEncoderModel(config).init(jax.random.key(0), np.ones((1, 8), np.int32))
+    loaded = Loaded(params["params"], config, {"tokenizer": tok}, cfg, step=0)
+    text = "the screen is good but the battery is bad"
+    views = encoder_attention(loaded, _Encoding(tok), text)
+    assert [(v.kind, v.layer) for v in views] == [("self-attention", 0), ("self-attention", 1)]
+    n = len(tok.encode(text)) + 2
+    for v in views:
+        assert v.weights.shape == (2, n, n) and v.query_tokens == v.key_tokens
+        assert v.query_tokens[0] == tok.id_to_piece(2) and len(v.query_tokens) == n
+        np.testing.assert_allclose(v.weights.sum(-1), 1.0, atol=1e-5)
+        assert np.triu(v.weights, k=1).sum() > 0.1 * n  # later tokens are attended to
+        assert v.note == ""
+    cut = encoder_attention(loaded, _Encoding(tok), text, max_tokens=5)
+    assert cut[0].weights.shape == (2, 5, 5)
+    assert cut[0].note == f"input cut to its first 5 of {n} tokens"
 
 
 # -- a trained translation run -----------------------------------------------------------------
@@ -282,17 +322,16 @@ def test_cli_attention_writes_pngs_and_refuses_bad_layers_and_tasks(
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "layers [3] do not exist" in err
 
-    # A run of a task without a view (the classification task stands in for its run).
-    from transformer_jax.tasks.classification.task import ClassificationTask
+    # A run of a task without a view (the multimodal task stands in for its run).
+    from transformer_jax.tasks.multimodal.task import MultimodalTask
 
     monkeypatch.setattr(
-        "transformer_jax.config.make_task",
-        lambda cfg: ClassificationTask(ClassificationTask.base_config()),
+        "transformer_jax.config.make_task", lambda cfg: MultimodalTask(MultimodalTask.base_config())
     )
     rc = main(["attention", "--workdir", trained, SENTENCE])
     err = capsys.readouterr().err.strip()
     assert rc == 2
-    assert err == "tjax attention: error: task classification has no attention view"
+    assert err == "tjax attention: error: task multimodal has no attention view"
 
 
 def _lm_loaded(scan_layers: bool):

@@ -343,6 +343,11 @@ class ClassificationTask(CatalogData, Task):
 
         return TextClassificationPipeline.from_loaded(loaded, **settings)
 
+    def attention_view(self, loaded, text: str) -> list:
+        from transformer_jax.tasks.classification.attention import encoder_attention
+
+        return encoder_attention(loaded, self.pipeline(loaded), text)
+
     @classmethod
     def add_cli(cls, subparsers) -> None:
         p = subparsers.add_parser(

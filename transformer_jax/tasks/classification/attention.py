@@ -1,0 +1,47 @@
+"""Attention views of an encoder (classification and masked-LM runs): bidirectional
+self-attention over the text's tokens, [CLS] and [SEP] included, in one forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from transformer_jax.train.attention_maps import (
+    MAX_TOKENS,
+    AttentionView,
+    cap_note,
+    collect_attention,
+    inspection_config,
+    layer_of,
+    token_labels,
+)
+
+
+def encoder_attention(
+    loaded, pipeline, text: str, max_tokens: int = MAX_TOKENS
+) -> list[AttentionView]:
+    """Every layer's self-attention over `text` as `pipeline` encodes it (at most
+    `max_tokens` tokens, the first ones kept)."""
+    from transformer_jax.tasks.classification.model import TextEncoderModel
+
+    [ids] = pipeline.encode([text], warn=False)
+    ids = [int(t) for t in ids]
+    note = cap_note("input", len(ids), max_tokens)
+    ids = ids[:max_tokens]
+    model = TextEncoderModel(inspection_config(loaded.model_config))
+    ids_BT = np.asarray([ids], np.int32)
+    # Every token is real (segment 1), even one that equals the pad id.
+    weights = collect_attention(model, loaded.params, ids_BT, None, np.ones_like(ids_BT))
+    tokens = token_labels(loaded.processors["tokenizer"], ids)
+    views = [
+        AttentionView(
+            kind="self-attention",
+            layer=layer_of(path),
+            weights=w_BNTS[0],
+            query_tokens=tokens,
+            key_tokens=tokens,
+            note=note,
+        )
+        for path, w_BNTS in weights.items()
+        if path[-1] == "self_attention"
+    ]
+    return sorted(views, key=lambda v: v.layer)
