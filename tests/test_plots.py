@@ -225,3 +225,27 @@ def test_help(capsys):
         out = capsys.readouterr().out
         assert out.startswith(f"usage: tjax {command}")
         assert all(option in out for option in options), out
+
+
+def test_an_evaluators_pictures_reach_tensorboard(tmp_path):
+    """The PNGs an evaluator returns during training (a confusion matrix, a sample
+    sheet) are TensorBoard images at the eval step; other files are not."""
+
+    from transformer_jax.train.metrics import MetricsWriter
+
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[5:15, 10:20] = (200, 30, 40)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    writer = MetricsWriter(str(tmp_path))
+    writer.write_images(40, {"validation/confusion_matrix.png": buf.getvalue(), "x.txt": b"1"})
+    writer.close()
+    images = [
+        (e.step, v.tag, v.image)
+        for e in read_events(str(tmp_path / "tensorboard"))
+        for v in e.summary.value
+        if v.HasField("image")
+    ]
+    assert [(step, tag) for step, tag, _ in images] == [(40, "validation/confusion_matrix")]
+    with Image.open(io.BytesIO(images[0][2].encoded_image_string)) as got:
+        np.testing.assert_array_equal(np.asarray(got.convert("RGB")), pixels)

@@ -153,6 +153,7 @@ def run_eval(
                 details[f"{split}/{k}"] = v
     if writer is not None:
         writer.write(step, out)
+        writer.write_images(step, {f"{split}/{name}": data for name, data in files.items()})
     shown = " ".join(f"{k}={v:.4g}" for k, v in out.items())
     log(f"eval at step {step} ({time.perf_counter() - t0:.1f}s): {shown}")
     for ex in examples[:2]:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 
 class MetricsWriter:
@@ -41,6 +42,23 @@ class MetricsWriter:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, float(v), int(step))
             self._tb.flush()
+
+    def write_images(self, step: int, images: dict[str, bytes]) -> None:
+        """PNG files (an evaluator's pictures: a confusion matrix, a sample sheet) as
+        TensorBoard images; files of other kinds are skipped."""
+        if not self.enabled or self._tb is None:
+            return
+        import io
+
+        from PIL import Image
+
+        for name, data in images.items():
+            if not name.endswith(".png"):
+                continue
+            with Image.open(io.BytesIO(data)) as img:
+                pixels = np.asarray(img.convert("RGB"))
+            self._tb.add_image(name.removesuffix(".png"), pixels, int(step), dataformats="HWC")
+        self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:
