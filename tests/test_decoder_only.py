@@ -4,6 +4,7 @@ float64 NumPy attention for the prefix-LM mask, and the decoder layer's memories
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -146,9 +147,7 @@ def gpt2_params(model) -> dict:
 def same_structure(ours: dict, cfg: TransformerConfig, ids) -> None:
     """The converted tree has exactly the shapes our model initialises."""
     init = nn.unbox(jax.eval_shape(CausalLM(cfg).init, jax.random.key(0), ids)["params"])
-    assert jax.tree.structure(init) == jax.tree.structure(ours)
-    for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(ours), strict=True):
-        assert a.shape == b.shape
+    chex.assert_trees_all_equal_shapes(init, ours)  # same structure too; names the leaf
 
 
 def random_ids(shape, seed=0) -> np.ndarray:

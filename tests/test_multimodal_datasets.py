@@ -12,6 +12,7 @@ import json
 import os
 import types
 
+import chex
 import flax.linen as nn
 import jax
 import numpy as np
@@ -341,8 +342,7 @@ def test_encoders_start_from_hugging_face_weights(hf_dirs, jit):
         )
     # Everything else is the run's own initialisation.
     for name in ("decoder", "embed", "image_proj", "audio_proj", "markers"):
-        for a, b in zip(jax.tree.leaves(params[name]), jax.tree.leaves(fresh[name]), strict=True):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        chex.assert_trees_all_equal(params[name], fresh[name])
 
 
 @pytest.mark.parametrize(
