@@ -132,12 +132,26 @@ def install_script(args) -> str:
     return " && ".join(steps)
 
 
+def _libtpu_args() -> str:
+    """LIBTPU_INIT_ARGS for the workers: this shell's, plus the collective-overlap flags
+    of transformer_jax/xla_env.py it does not name (TJAX_XLA_FLAGS=default: none)."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from transformer_jax import xla_env
+    finally:
+        sys.path.pop(0)
+    return xla_env.tuned("tpu")[1]
+
+
 def train_script(args, extra: list[str]) -> str:
     """Start training detached, so it outlives the ssh session."""
     train = shlex.join(["train", "--config", args.config, "--workdir", args.workdir, *extra])
     log = _remote_path(args.log)
+    libtpu = _libtpu_args()
+    env = f"LIBTPU_INIT_ARGS={shlex.quote(libtpu)} " if libtpu else ""
     return (
-        f"cd {REMOTE_DIR} && setsid nohup {REMOTE_VENV}/bin/tjax {train} > {log} 2>&1 < /dev/null &"
+        f"cd {REMOTE_DIR} && {env}setsid nohup {REMOTE_VENV}/bin/tjax {train} > {log} 2>&1"
+        " < /dev/null &"
     )
 
 
