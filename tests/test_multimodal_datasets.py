@@ -369,3 +369,18 @@ def test_a_missing_hf_path_is_a_one_line_error_naming_the_key(tmp_path):
         _init(MATCHING + [f"image.hf_path={tmp_path / 'nowhere'}"])
     message = str(err.value)
     assert "image.hf_path" in message and "config.json" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "media, key", [("audio", "image.hf_path"), ("image,video", "audio.hf_path")]
+)
+def test_an_encoder_import_for_a_medium_the_run_does_not_read_is_refused(tmp_path, media, key):
+    """Refused when the config loads, before any file is read (the import would be
+    silently dropped)."""
+    with pytest.raises(ConfigError) as err:
+        load_config("multimodal_tiny", [f"media={media}", f"{key}={tmp_path}"])
+    message = str(err.value)
+    assert message.startswith(f"config key '{key}'=") and "\n" not in message, message
+    assert f"reads no {key.split('.')[0]}" in message
+    # With the medium read, the same setting passes the config check.
+    assert load_config("multimodal_tiny", [f"{key}={tmp_path}"]).media == "image,audio,video"

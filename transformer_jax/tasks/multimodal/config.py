@@ -196,6 +196,15 @@ def validate_mm(cfg: ml_collections.ConfigDict) -> None:
     need("generate.max_new_tokens", at_least(1), "must be >= 1")
     need("generate.batch_size", at_least(1), "must be >= 1")
     need("generate.eval_examples", at_least(0), "must be >= 0")
+    names = modalities(cfg)
+    # An encoder import for a medium the run does not read would be silently dropped.
+    uses = {"image": ("image" in names or "video" in names), "audio": "audio" in names}
+    for group, used in uses.items():
+        need(
+            f"{group}.hf_path",
+            lambda v, used=used: not v or used,
+            f"the run reads no {group} (media={cfg.media!r}): add {group} to media or clear it",
+        )
     model_config(cfg, _StandIn(get("tokenizer.vocab_size")))
 
 
