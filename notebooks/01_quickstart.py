@@ -36,8 +36,10 @@ if importlib.util.find_spec("transformer_jax") is None:
 import os
 import tempfile
 
-# TJAX_NOTEBOOK_QUICK=1 (set by the tests) shrinks the run to seconds; the default
-# settings train for a few minutes and give a usable translator.
+# TJAX_NOTEBOOK_QUICK=1 (set by the tests) shrinks the run to seconds. The default
+# settings (400 steps) ran top to bottom in 5.5 minutes on a 2-core CPU and translate
+# roughly (word order and agreement, often the wrong words); the config's full 1,000
+# steps (`make demo`) reach a test BLEU above 80.
 QUICK = os.environ.get("TJAX_NOTEBOOK_QUICK") == "1"
 ROOT = tempfile.mkdtemp(prefix="tjax_quickstart_")  # data and workdirs live here
 DATA_DIR = os.path.join(ROOT, "tfds")
