@@ -123,19 +123,9 @@ def _read_json(path: str) -> Any:
 
 
 def _read_lines(path: str) -> list[dict[str, Any]]:
-    try:
-        text = epath.Path(path).read_text()
-    except (FileNotFoundError, UnicodeDecodeError):
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            out.append(row)
-    return out
+    from transformer_jax.train.workdir import read_json_lines
+
+    return read_json_lines(path)
 
 
 def _step_folders(folder: str) -> list[int]:

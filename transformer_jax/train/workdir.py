@@ -439,11 +439,12 @@ def record_start(workdir: str, step: int, command: dict[str, Any] | None = None)
     paths.append_line(paths.join(workdir, STARTS_FILE), json.dumps(line))
 
 
-def read_starts(workdir: str) -> list[dict[str, Any]]:
-    """starts.jsonl's lines, oldest first (a line cut short is skipped)."""
+def read_json_lines(path: str) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl file, in order; a line cut short (or not an object)
+    is skipped, a missing or undecodable file reads as none."""
     try:
-        text = _read_text(paths.join(workdir, STARTS_FILE))
-    except FileNotFoundError:
+        text = _read_text(path)
+    except (FileNotFoundError, UnicodeDecodeError):
         return []
     out = []
     for line in text.splitlines():
@@ -454,3 +455,8 @@ def read_starts(workdir: str) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             out.append(row)
     return out
+
+
+def read_starts(workdir: str) -> list[dict[str, Any]]:
+    """starts.jsonl's lines, oldest first (a line cut short is skipped)."""
+    return read_json_lines(paths.join(workdir, STARTS_FILE))
