@@ -115,6 +115,24 @@ def token_labels(tokenizer, ids: Sequence[int]) -> list[str]:
     return [str(to_piece(int(i))) if to_piece else str(int(i)) for i in ids]
 
 
+def self_attention_views(weights, tokens: list[str], note: str) -> list[AttentionView]:
+    """The self-attention views, by layer, of `collect_attention`'s output for one row
+    whose queries and keys are both `tokens`."""
+    views = [
+        AttentionView(
+            kind="self-attention",
+            layer=layer_of(path),
+            weights=w_BNTS[0],
+            query_tokens=tokens,
+            key_tokens=tokens,
+            note=note,
+        )
+        for path, w_BNTS in weights.items()
+        if path[-1] == "self_attention"
+    ]
+    return sorted(views, key=lambda v: v.layer)
+
+
 def cap_note(what: str, length: int, limit: int = MAX_TOKENS) -> str:
     return f"{what} cut to its first {limit} of {length} tokens" if length > limit else ""
 

@@ -11,7 +11,7 @@ from transformer_jax.train.attention_maps import (
     cap_note,
     collect_attention,
     inspection_config,
-    layer_of,
+    self_attention_views,
     token_labels,
 )
 
@@ -32,16 +32,4 @@ def encoder_attention(
     # Every token is real (segment 1), even one that equals the pad id.
     weights = collect_attention(model, loaded.params, ids_BT, None, np.ones_like(ids_BT))
     tokens = token_labels(loaded.processors["tokenizer"], ids)
-    views = [
-        AttentionView(
-            kind="self-attention",
-            layer=layer_of(path),
-            weights=w_BNTS[0],
-            query_tokens=tokens,
-            key_tokens=tokens,
-            note=note,
-        )
-        for path, w_BNTS in weights.items()
-        if path[-1] == "self_attention"
-    ]
-    return sorted(views, key=lambda v: v.layer)
+    return self_attention_views(weights, tokens, note)

@@ -12,7 +12,7 @@ from transformer_jax.train.attention_maps import (
     cap_note,
     collect_attention,
     inspection_config,
-    layer_of,
+    self_attention_views,
     token_labels,
 )
 
@@ -46,16 +46,4 @@ def lm_attention(loaded, text: str, max_tokens: int = MAX_TOKENS) -> list[Attent
     tokens = token_labels(loaded.processors["tokenizer"], ids)
     if new:
         note = "; ".join(filter(None, [note, f"the last {len(new)} tokens are generated"]))
-    views = [
-        AttentionView(
-            kind="self-attention",
-            layer=layer_of(path),
-            weights=w_BNTS[0],
-            query_tokens=tokens,
-            key_tokens=tokens,
-            note=note,
-        )
-        for path, w_BNTS in weights.items()
-        if path[-1] == "self_attention"
-    ]
-    return sorted(views, key=lambda v: v.layer)
+    return self_attention_views(weights, tokens, note)
