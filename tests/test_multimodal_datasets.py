@@ -383,4 +383,14 @@ def test_an_encoder_import_for_a_medium_the_run_does_not_read_is_refused(tmp_pat
     assert message.startswith(f"config key '{key}'=") and "\n" not in message, message
     assert f"reads no {key.split('.')[0]}" in message
     # With the medium read, the same setting passes the config check.
-    assert load_config("multimodal_tiny", [f"{key}={tmp_path}"]).media == "image,audio,video"
+    ok = load_config("multimodal_tiny", [f"{key}={tmp_path}", "image.stem=patch"])
+    assert ok.media == "image,audio,video"
+
+
+def test_a_vit_import_with_the_conv_stem_is_refused(tmp_path):
+    """An imported ViT has a patch stem; the conv stem would leave it half loaded."""
+    with pytest.raises(ConfigError) as err:
+        load_config("multimodal_tiny", [f"image.hf_path={tmp_path}", "image.stem=conv"])
+    message = str(err.value)
+    assert message.startswith("config key 'image.stem'=") and "\n" not in message, message
+    assert "image.stem='patch'" in message

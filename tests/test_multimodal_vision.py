@@ -187,6 +187,72 @@ def test_image_encoder_is_a_projection_of_flattened_patches(positions):
     np.testing.assert_allclose(out, want, atol=1e-4, rtol=1e-4)
 
 
+def _np_conv_s2(x, kernel, bias):
+    """float64 3 x 3 stride-2 convolution, one pixel of zero padding: [N, H, W, C] ->
+    [N, H/2, W/2, O], written out as a sum over the kernel's nine offsets."""
+    N, H, W, _ = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((N, H // 2, W // 2, kernel.shape[-1]))
+    for i in range(3):
+        for j in range(3):
+            out += xp[:, i : i + H : 2, j : j + W : 2, :] @ kernel[i, j].astype(np.float64)
+    return out + bias
+
+
+def _np_gelu(x):
+    from math import erf
+
+    return 0.5 * x * (1.0 + np.vectorize(erf)(x / math.sqrt(2.0)))
+
+
+def _np_conv_stem(x, params):
+    """Two stride-2 3 x 3 convolutions with exact GELU, then a 1 x 1 one (patch size 4)."""
+    for name in ("stem_0", "stem_1"):
+        x = _np_gelu(_np_conv_s2(x, params[name]["kernel"], params[name]["bias"]))
+    out = params["stem_out"]
+    return x @ out["kernel"][0, 0].astype(np.float64) + out["bias"]
+
+
+def test_conv_stem_image_encoder_matches_float64_reference():
+    config = _config(layers=0, patch_size=4, stem="conv")
+    x = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    model = ImageEncoder(config)
+    params = _init(model, x)
+    assert params["stem_0"]["kernel"].shape == (3, 3, 3, 16)
+    assert params["stem_1"]["kernel"].shape == (3, 3, 16, 32)
+    assert "patch_embed" not in params
+    out = np.asarray(model.apply({"params": params}, x))
+    tokens = _np_conv_stem(x.astype(np.float64), params).reshape(2, 64, 32)
+    norm = params["encoder"]["final_norm"]
+    want = _np_layer_norm(tokens + params["positions"][None], norm["scale"], norm["bias"], 1e-6)
+    np.testing.assert_allclose(out, want, atol=1e-4, rtol=1e-4)
+
+
+def test_conv_stem_tubelets_merge_t_frames_of_the_image_stem():
+    """Tubelet token (s, r, c) = the stems of frames s*t .. s*t+t-1 at (r, c), concatenated
+    frame-major and projected."""
+    config = _config(
+        layers=0, patch_size=4, stem="conv", video_mode="tubelets", num_frames=4, tubelet_frames=2
+    )
+    x = np.random.default_rng(3).normal(size=(2, 4, 32, 32, 3)).astype(np.float32)
+    model = TubeletEncoder(config)
+    params = _init(model, x)
+    out = np.asarray(model.apply({"params": params}, x))
+    frames = _np_conv_stem(x.reshape(8, 32, 32, 3).astype(np.float64), params)  # [8, 8, 8, D]
+    frames = frames.reshape(2, 2, 2, 8, 8, 32)  # [N, T, t, G, G, D]
+    stacked = np.concatenate([frames[:, :, 0], frames[:, :, 1]], axis=-1)  # [N, T, G, G, 2D]
+    merge = params["tubelet_merge"]
+    tokens = (stacked @ merge["kernel"].astype(np.float64) + merge["bias"]).reshape(2, 128, 32)
+    norm = params["encoder"]["final_norm"]
+    want = _np_layer_norm(tokens + params["positions"][None], norm["scale"], norm["bias"], 1e-6)
+    np.testing.assert_allclose(out, want, atol=1e-4, rtol=1e-4)
+
+
+def test_conv_stem_needs_a_power_of_two_patch():
+    with pytest.raises(ValueError, match="power of two"):
+        _config(image_size=24, patch_size=6, stem="conv")
+
+
 # -- Hugging Face ViT import ------------------------------------------------------------
 
 HF_VIT = dict(

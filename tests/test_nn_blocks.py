@@ -340,6 +340,53 @@ def test_ungated_ffn_keeps_its_parameters() -> None:
     assert set(no_bias) == {"wi", "wo"} and "bias" not in no_bias["wi"]
 
 
+# -------------------------------------------------------------------------- LayerScale
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_layer_scale_multiplies_each_residual_branch(norm_position: str) -> None:
+    """Residual with LayerScale = x + g * f(LN(x)) (pre) or LN(x + g * f(x)) (post), with g
+    a per-channel gain starting at `layer_scale_init`; float64 NumPy reference."""
+    from transformer_jax.nn.transformer import Residual
+
+    cfg = tiny(layer_scale_init=0.25, norm_position=norm_position)
+    x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32)
+    w = np.random.default_rng(1).normal(size=(16, 16)).astype(np.float32)
+
+    def f(h):
+        return jnp.tanh(h @ w)
+
+    block = Residual(cfg)
+    params = unboxed_params(block, x, f)
+    assert params["layer_scale"].shape == (16,)
+    np.testing.assert_array_equal(params["layer_scale"], np.full(16, 0.25, np.float32))
+    gain = np.linspace(0.1, 2.0, 16)  # a gain that training has moved, per channel
+    params = {**params, "layer_scale": gain.astype(np.float32)}
+    out = np.asarray(block.apply({"params": params}, x, f))
+
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+
+    def ln(v):
+        mu, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
+        return (v - mu) / np.sqrt(var + cfg.layer_norm_eps)
+
+    if norm_position == "pre":
+        want = x64 + gain * np.tanh(ln(x64) @ w64)
+    else:
+        want = ln(x64 + gain * np.tanh(x64 @ w64))
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    # Off by default: no parameter, and the branch is added as is.
+    plain = Residual(tiny(norm_position=norm_position))
+    assert "layer_scale" not in unboxed_params(plain, x, f)
+
+
+def test_layer_scale_gains_are_not_weight_decayed() -> None:
+    from transformer_jax.train.optim import param_kind
+
+    assert param_kind(("decoder", "layer_0", "mlp_block", "layer_scale")) == "norm"
+    assert param_kind(("decoder", "layer_0", "mlp", "wo", "kernel")) == "weight"
+
+
 # -------------------------------------------------------------------------- config
 
 
@@ -363,6 +410,7 @@ def test_new_config_fields_default_to_todays_model() -> None:
         (dict(position_type="rope", head_dim=7), "model.head_dim=7: must be even for rotary"),
         (dict(num_token_types=-1), "model.num_token_types=-1: must be >= 0"),
         (dict(activation="reglu"), "model.activation='reglu': choose one of"),
+        (dict(layer_scale_init=-0.1), "model.layer_scale_init=-0.1: must be >= 0"),
     ],
 )
 def test_config_rejects_bad_values(changes: dict, match: str) -> None:

@@ -49,6 +49,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.attention_impl = "auto"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.remat = "none"  # "none" | "full" | "dots" (save matmul outputs)
+    c.model.layer_scale_init = 0.0  # LayerScale's initial residual gain; 0 = off
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.b1 = 0.9

@@ -41,6 +41,10 @@ class TransformerConfig:
     layer_norm_eps: float = 1e-6  # epsilon of either norm type
     norm_type: str = "layer"  # "layer": LayerNorm; "rms": RMSNorm (scale only)
     mlp_bias: bool = True  # biases on the feed-forward projections
+    # LayerScale (Touvron et al., 2021, "Going deeper with image transformers"): each
+    # residual branch is multiplied by a learnt per-channel gain starting at this value, so
+    # a layer starts near the identity; 0 = off (no parameter).
+    layer_scale_init: float = 0.0
     scale_embeddings: bool = True
     share_embeddings: bool = True  # encoder and decoder read one table
     tie_output: bool = True  # pre-softmax projection = target embedding^T
@@ -98,6 +102,8 @@ class TransformerConfig:
             bad("rope_theta", self.rope_theta, "must be positive")
         if self.position_type == "rope" and self.dim_per_head % 2:
             bad("head_dim", self.dim_per_head, "must be even for rotary positions")
+        if self.layer_scale_init < 0:
+            bad("layer_scale_init", self.layer_scale_init, "must be >= 0 (0 = off)")
         if self.num_token_types < 0:
             bad("num_token_types", self.num_token_types, "must be >= 0")
         if self.remat not in REMAT_POLICIES:

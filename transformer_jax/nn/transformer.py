@@ -18,7 +18,8 @@ from transformer_jax.nn.norms import make_norm
 
 
 class Residual(nn.Module):
-    """x -> LN(x + drop(f(x))) (post-LN) or x + drop(f(LN(x))) (pre-LN)."""
+    """x -> LN(x + drop(g * f(x))) (post-LN) or x + drop(g * f(LN(x))) (pre-LN); g is
+    LayerScale's per-channel gain (`config.layer_scale_init` > 0), else 1."""
 
     config: TransformerConfig
 
@@ -27,9 +28,25 @@ class Residual(nn.Module):
         cfg = self.config
         norm = make_norm(cfg, "norm")
         drop = nn.Dropout(cfg.dropout_rate, deterministic=cfg.deterministic)
+
+        def branch(h_BLD):
+            y_BLD = sublayer(h_BLD, *args, **kwargs)
+            if cfg.layer_scale_init:
+                gain_D = self.param(
+                    "layer_scale",
+                    nn.with_logical_partitioning(
+                        nn.initializers.constant(cfg.layer_scale_init), ("embed",)
+                    ),
+                    (y_BLD.shape[-1],),
+                    cfg.param_dtype,
+                )
+                lead = (1,) * (y_BLD.ndim - 1)  # explicit broadcast over batch and length
+                y_BLD = y_BLD * jnp.asarray(gain_D, y_BLD.dtype).reshape(lead + (-1,))
+            return drop(y_BLD)
+
         if cfg.norm_position == "pre":
-            return x_BLD + drop(sublayer(norm(x_BLD), *args, **kwargs))
-        return norm(x_BLD + drop(sublayer(x_BLD, *args, **kwargs)))
+            return x_BLD + branch(norm(x_BLD))
+        return norm(x_BLD + branch(x_BLD))
 
 
 def _constrain(x_BLD: jax.Array) -> jax.Array:

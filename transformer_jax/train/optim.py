@@ -79,10 +79,11 @@ def param_kind(path: tuple[str, ...]) -> str:
 
     A norm's parameters (LayerNorm scale and bias, RMSNorm scale) live under a module
     named `norm` or `*_norm`; biases are `bias` or `*_bias` (e.g. `final_logits_bias`);
-    embedding tables (tokens, learned positions, token types) are `embedding`.
+    embedding tables (tokens, learned positions, token types) are `embedding`. LayerScale
+    gains (`layer_scale`) count as norm scales.
     """
     *modules, leaf = path
-    if any(m == "norm" or m.endswith("_norm") for m in modules):
+    if leaf == "layer_scale" or any(m == "norm" or m.endswith("_norm") for m in modules):
         return "norm"
     if leaf == "bias" or leaf.endswith("_bias"):
         return "bias"

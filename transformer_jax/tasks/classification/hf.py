@@ -578,6 +578,7 @@ def _export_checks(config) -> None:
         ("model.scale_embeddings", e.scale_embeddings, False),
         ("model.attention_bias", e.attention_bias, True),
         ("model.mlp_bias", e.mlp_bias, True),
+        ("model.layer_scale_init", e.layer_scale_init, 0.0),
         ("model.embedding_norm", c.embedding_norm, True),
     ]
     for key, value, need in bad:

@@ -617,6 +617,10 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> dict[st
         raise ValueError(f"{out_dir} is not empty; export into a new folder")
     loaded = load_for_inference(workdir, step=step)
     config = loaded.model_config
+    if config.layer_scale_init:
+        raise ValueError(
+            "model.layer_scale_init checkpoints cannot be exported (no Hugging Face layer scale)"
+        )
     tok = loaded.processors.get("tokenizer")
     if tok is None:
         raise ValueError(f"the checkpoint in {workdir} has no tokenizer processor")

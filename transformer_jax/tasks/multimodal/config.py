@@ -30,6 +30,7 @@ from transformer_jax.nn.config import (
 from transformer_jax.tasks.generation.text import lm_specials
 from transformer_jax.tasks.multimodal.media_config import (
     IMAGE_POSITIONS,
+    IMAGE_STEMS,
     VIDEO_MODES,
     AudioConfig,
     VisionConfig,
@@ -103,6 +104,7 @@ def mm_base() -> ml_collections.ConfigDict:
     c.image.patch_size = 8
     c.image.positions = "learned"
     c.image.cls_token = False
+    c.image.stem = "patch"  # "patch" (ViT) | "conv" (3x3 stride-2 convolutions, then 1x1)
     c.image.d_model = 128
     c.image.num_heads = 4
     c.image.d_ff = 256
@@ -156,6 +158,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.position_type": POSITION_TYPES,
     "model.fusion": FUSIONS,
     "image.positions": IMAGE_POSITIONS,
+    "image.stem": IMAGE_STEMS,
     "image.video_mode": VIDEO_MODES,
 }
 
@@ -205,6 +208,11 @@ def validate_mm(cfg: ml_collections.ConfigDict) -> None:
             lambda v, used=used: not v or used,
             f"the run reads no {group} (media={cfg.media!r}): add {group} to media or clear it",
         )
+    need(
+        "image.stem",
+        lambda v: v == "patch" or not get("image.hf_path"),
+        "a ViT import (image.hf_path) has a patch stem: set image.stem='patch'",
+    )
     model_config(cfg, _StandIn(get("tokenizer.vocab_size")))
 
 
@@ -304,6 +312,7 @@ def _stack_of(group, text: TransformerConfig) -> TransformerConfig:
         remat=text.remat,
         scan_layers=text.scan_layers,
         dropout_rate=text.dropout_rate,
+        layer_scale_init=text.layer_scale_init,
     )
 
 
@@ -330,6 +339,7 @@ def model_config(cfg: ml_collections.ConfigDict, tokenizer) -> MultimodalConfig:
                 patch_size=i.patch_size,
                 positions=i.positions,
                 cls_token=i.cls_token,
+                stem=i.stem,
                 video_mode=i.video_mode,
                 num_frames=i.num_frames,
                 tubelet_frames=i.tubelet_frames,

@@ -13,6 +13,7 @@ import dataclasses
 from transformer_jax.nn.config import TransformerConfig
 
 IMAGE_POSITIONS = ("learned", "sincos2d")
+IMAGE_STEMS = ("patch", "conv")
 VIDEO_MODES = ("frames", "tubelets")
 
 # Whisper's front end (fixed, not configurable: the imported encoders expect it).
@@ -49,6 +50,11 @@ class VisionConfig:
     channels: int = 3
     positions: str = "learned"  # "learned" (table) or "sincos2d" (fixed 2-D sin-cos)
     cls_token: bool = False  # ViT's [CLS] token in front of the patches
+    # "patch": ViT's one p x p stride-p convolution; "conv": log2(p) 3 x 3 stride-2
+    # convolutions (GELU, widths doubling up to D) and a 1 x 1 one, as Xiao et al. (2021),
+    # "Early convolutions help transformers see better": the same token grid, but each
+    # token sees past its patch's border and small shapes are learnt much sooner.
+    stem: str = "patch"
     # Video: "frames" = each sampled frame through the image path plus a learned time
     # embedding; "tubelets" = t x p x p patches by a 3-D convolution (ViViT).
     video_mode: str = "frames"
@@ -64,6 +70,10 @@ class VisionConfig:
 
         if self.patch_size <= 0 or self.image_size % self.patch_size:
             bad("patch_size", self.patch_size, f"must divide image_size={self.image_size}")
+        if self.stem not in IMAGE_STEMS:
+            bad("stem", self.stem, f"choose one of {IMAGE_STEMS}")
+        if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
+            bad("patch_size", self.patch_size, "the conv stem needs a power of two")
         if self.positions not in IMAGE_POSITIONS:
             bad("positions", self.positions, f"choose one of {IMAGE_POSITIONS}")
         if self.video_mode not in VIDEO_MODES:

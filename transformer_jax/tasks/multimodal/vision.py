@@ -53,9 +53,36 @@ def _encode(config: VisionConfig, x_NPD: jax.Array) -> jax.Array:
     return Encoder(cfg, name="encoder")(x_NPD, seg_NP, pos_NP)
 
 
+def _patch_embed(c: VisionConfig, x_NHWC: jax.Array) -> jax.Array:
+    """Pixels [N, H, W, C] -> patch tokens [N, G, G, D] by the configured stem."""
+    cfg, p, D = c.stack, c.patch_size, c.stack.d_model
+
+    def conv(width, k, stride, name):
+        return nn.Conv(
+            width,
+            kernel_size=(k, k),
+            strides=(stride, stride),
+            padding="VALID" if k == stride else ((k // 2, k // 2), (k // 2, k // 2)),
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            kernel_init=_embed_init(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+            bias_init=_embed_init(nn.initializers.zeros, ("embed",)),
+            name=name,
+        )
+
+    if c.stem == "patch":
+        return conv(D, p, p, "patch_embed")(x_NHWC)
+    steps = p.bit_length() - 1  # log2(p) stride-2 convolutions
+    for i in range(steps):
+        width = max(D >> (steps - 1 - i), 8)
+        x_NHWC = nn.gelu(conv(width, 3, 2, f"stem_{i}")(x_NHWC), approximate=False)
+    return conv(D, 1, 1, "stem_out")(x_NHWC)
+
+
 class ImageEncoder(nn.Module):
-    """ViT: p x p patches by a strided convolution, optional [CLS] in front, positions,
-    then the encoder stack (pre-LN, with its own final norm)."""
+    """ViT: p x p patches by a strided convolution (or a small convolutional stem, see
+    `VisionConfig.stem`), optional [CLS] in front, positions, then the encoder stack
+    (pre-LN, with its own final norm)."""
 
     config: VisionConfig
 
@@ -67,17 +94,7 @@ class ImageEncoder(nn.Module):
             raise ValueError(
                 f"images of shape {pixels_NHWC.shape[1:]}, the encoder expects {(S, S, c.channels)}"
             )
-        x_NGGD = nn.Conv(
-            D,
-            kernel_size=(p, p),
-            strides=(p, p),
-            padding="VALID",
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            kernel_init=_embed_init(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-            bias_init=_embed_init(nn.initializers.zeros, ("embed",)),
-            name="patch_embed",
-        )(pixels_NHWC.astype(cfg.dtype))
+        x_NGGD = _patch_embed(c, pixels_NHWC.astype(cfg.dtype))
         N = x_NGGD.shape[0]
         x_NPD = x_NGGD.reshape(N, c.num_patches, D)  # row-major patches, as ViT flattens
         if c.cls_token:
@@ -122,19 +139,33 @@ class TubeletEncoder(nn.Module):
         want = (c.num_frames, S, S, c.channels)
         if frames_NFHWC.shape[1:] != want:
             raise ValueError(f"clips of shape {frames_NFHWC.shape[1:]}, the encoder expects {want}")
-        x_NTGGD = nn.Conv(
-            D,
-            kernel_size=(t, p, p),
-            strides=(t, p, p),
-            padding="VALID",
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            kernel_init=_embed_init(
-                nn.initializers.lecun_normal(), (None, None, None, None, "embed")
-            ),
-            bias_init=_embed_init(nn.initializers.zeros, ("embed",)),
-            name="tubelet_embed",
-        )(frames_NFHWC.astype(cfg.dtype))
+        if c.stem == "patch":
+            x_NTGGD = nn.Conv(
+                D,
+                kernel_size=(t, p, p),
+                strides=(t, p, p),
+                padding="VALID",
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+                kernel_init=_embed_init(
+                    nn.initializers.lecun_normal(), (None, None, None, None, "embed")
+                ),
+                bias_init=_embed_init(nn.initializers.zeros, ("embed",)),
+                name="tubelet_embed",
+            )(frames_NFHWC.astype(cfg.dtype))
+        else:  # the image stem on every frame, then t frames' tokens merged (a t x 1 x 1 conv)
+            N, F = frames_NFHWC.shape[:2]
+            x_FGGD = _patch_embed(c, frames_NFHWC.reshape((N * F,) + want[1:]).astype(cfg.dtype))
+            G = x_FGGD.shape[1]
+            x_NTGGtD = x_FGGD.reshape(N, F // t, t, G, G, D).transpose(0, 1, 3, 4, 2, 5)
+            x_NTGGD = nn.Dense(
+                D,
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+                kernel_init=_embed_init(nn.initializers.lecun_normal(), (None, "embed")),
+                bias_init=_embed_init(nn.initializers.zeros, ("embed",)),
+                name="tubelet_merge",
+            )(x_NTGGtD.reshape(N, F // t, G, G, t * D))
         N = x_NTGGD.shape[0]
         x_NPD = x_NTGGD.reshape(N, c.video_tokens, D)
         if c.positions == "learned":
