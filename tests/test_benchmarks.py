@@ -142,3 +142,23 @@ def test_multimodal_bench_quick_reports_training_and_describe(tmp_path):
         assert 0 <= r["tokens_before_eos"] <= new, r
     assert set(report["vector_extensions"]) >= {"avx2", "avx512f"}
     assert report["load_average_end"] is not None
+
+
+def test_input_bench_constant_mode_repeats_the_first_batch_and_keeps_the_state():
+    """The "constant" side hands back the pipeline's first batch for every step, while
+    the trainer can still save the iterator's state (so the run ends as usual)."""
+    import grain
+    import numpy as np
+
+    from benchmarks.input_bench import _ConstantDataset
+
+    ds = grain.MapDataset.range(10).batch(2)
+    real = iter(ds)
+    const = iter(_ConstantDataset(ds))
+    first = next(real)
+    for _ in range(4):
+        np.testing.assert_array_equal(next(const), first)
+    assert next(real).tolist() != first.tolist()  # the real pipeline moves on
+    one_read = iter(ds)
+    next(one_read)
+    assert const.get_state() == one_read.get_state() != iter(ds).get_state()
