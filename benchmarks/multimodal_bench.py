@@ -118,7 +118,7 @@ def base_config(image_size: int = 224):
     cfg.tokenizer.vocab_size = BASE_VOCAB
     cfg.model.update(d_model=768, num_heads=12, d_ff=3072, num_decoder_layers=12)
     cfg.model.max_position = 2048  # media columns + text columns
-    cfg.image.update(image_size=image_size, patch_size=16)
+    cfg.image.update(image_size=image_size, patch_size=16, stem="patch")
     cfg.image.update(d_model=768, num_heads=12, d_ff=3072, num_layers=12)
     cfg.audio.update(d_model=512, num_heads=8, d_ff=2048, num_layers=6)
     MultimodalTask.validate_config(cfg)

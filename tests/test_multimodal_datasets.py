@@ -247,6 +247,7 @@ MATCHING = [
     "image.cls_token=True",
     "image.positions=learned",
     "image.pool=1",
+    "image.stem=patch",
     "model.max_tokens=0",
     "image.d_model=32",
     "image.num_heads=2",

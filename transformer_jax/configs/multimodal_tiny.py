@@ -4,14 +4,23 @@
     tjax describe --workdir /tmp/mm --image shapes.png "what color is the circle?"
     tjax eval --workdir /tmp/mm --split test      # exact match per task, BLEU, samples.png
 
-Hardware: one CPU (2 cores); under 15 minutes there, data preparation included.
+Hardware: one CPU (2 cores); 12 min 9 s measured there (idle 2-core EPYC, AVX2), data
+preparation included.
 Data: `multimodal_corpus` (24,000 training examples: captions of and questions about
 32 x 32 pictures of coloured shapes, 0.75 s clips of beeps and 8-frame clips of a
 moving shape, plus text-only sentences; held-out combinations in validation and test).
 Model: a 4-layer d-128 Llama-style decoder reading every medium as a bidirectional
-prefix: ViT patches (4 x 4) of each image, Whisper log-mel + conv stem tokens of the
-audio, 2 x 4 x 4 tubelets of 4 sampled frames; each encoder has two Transformer layers,
-and the image and video patch grids reach the decoder average-pooled 2 x 2.
+prefix: 4 x 4-pixel tokens of each image from a convolutional stem (two 3 x 3 stride-2
+convolutions and a 1 x 1 one; no Transformer layers on top), the same stem on 4 sampled
+frames merged in pairs into 2 x 4 x 4 tubelets, and Whisper log-mel + conv stem tokens of
+the audio through two Transformer layers. The image and video token grids reach the
+decoder average-pooled 2 x 2.
+
+Why the stem and no image layers: with ViT's linear 4 x 4 patches the shapes' kinds
+(circle, square, triangle) stayed at chance; the stem alone, read by one attention
+layer, tells them apart within 400 steps, and dropping the image layers halves the step
+time (the video path shares them). The decoder still has to learn to bind a question's
+colour to the right shape, and that is where the held-out accuracy stops (see README).
 """
 
 from transformer_jax.tasks.multimodal.config import mm_base
@@ -30,15 +39,16 @@ def get_config():
     # Rows hold one medium each here: 64 columns fit the largest (audio: 40 + 24 text).
     c.model.max_tokens = 64
     c.image.update(image_size=32, patch_size=4, pool=2, d_model=128, num_heads=4, d_ff=256)
-    c.image.update(num_layers=2, video_mode="tubelets", num_frames=4, tubelet_frames=2)
+    c.image.update(stem="conv", num_layers=0)
+    c.image.update(video_mode="tubelets", num_frames=4, tubelet_frames=2)
     c.audio.update(max_samples=12_000, d_model=128, num_heads=4, d_ff=256, num_layers=2)
     c.optimizer.peak_lr = 2e-3
     c.optimizer.warmup_steps = 100
-    c.train.num_steps = 900
+    c.train.num_steps = 1400
     c.train.log_every = 50
-    c.train.eval_every = 900
+    c.train.eval_every = 1400
     c.train.eval_batches = 0
-    c.train.checkpoint_every = 300
+    c.train.checkpoint_every = 350
     c.train.keep_checkpoints = 3
     c.generate.max_new_tokens = 12
     c.generate.eval_examples = 600
