@@ -76,6 +76,7 @@ def worker(mode: str, steps: int, workdir: str, data_dir: str) -> dict[str, Any]
     """Trains `steps` steps in this process; returns the logged steps/s of each window."""
     from transformer_jax.config import load_config
     from transformer_jax.tasks.translation.task import TranslationTask
+    from transformer_jax.train.runinfo import read_metrics
     from transformer_jax.train.trainer import train_and_evaluate
 
     if mode == "constant":
@@ -88,12 +89,9 @@ def worker(mode: str, steps: int, workdir: str, data_dir: str) -> dict[str, Any]
     overrides = [*OVERRIDES, f"train.num_steps={steps}", f"data.data_dir={data_dir}"]
     cfg = load_config("translate_tiny", overrides)
     train_and_evaluate(cfg, workdir)
-    rates = []
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "train/steps_per_second" in row:
-                rates.append(row["train/steps_per_second"])
+    rates = [
+        r["train/steps_per_second"] for r in read_metrics(workdir) if "train/steps_per_second" in r
+    ]
     return {"mode": mode, "steps_per_second": rates}
 
 

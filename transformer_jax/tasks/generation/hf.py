@@ -559,6 +559,7 @@ def _export_family(config, tok, params) -> str:
     _need("norm_position", c.norm_position, "pre", "causal LM")
     _need("scale_embeddings", c.scale_embeddings, False, "causal LM")
     _need("final_logits_bias", c.final_logits_bias, False, "causal LM")
+    _need("layer_scale_init", c.layer_scale_init, 0.0, "causal LM")
     if c.position_type == "learned":
         family = "GPT-2"
         _need("norm_type", c.norm_type, "layer", family)
@@ -617,10 +618,6 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> dict[st
         raise ValueError(f"{out_dir} is not empty; export into a new folder")
     loaded = load_for_inference(workdir, step=step)
     config = loaded.model_config
-    if config.layer_scale_init:
-        raise ValueError(
-            "model.layer_scale_init checkpoints cannot be exported (no Hugging Face layer scale)"
-        )
     tok = loaded.processors.get("tokenizer")
     if tok is None:
         raise ValueError(f"the checkpoint in {workdir} has no tokenizer processor")
