@@ -5,7 +5,8 @@
     tjax eval --workdir /tmp/mm --split test      # exact match per task, BLEU, samples.png
 
 Hardware: one CPU (2 cores); 12 min 9 s measured there (idle 2-core EPYC, AVX2), data
-preparation included.
+preparation included, at 2.2 steps/s (see README for a slower machine of the same kind).
+Test exact match 59.8% image, 60.6% audio, 81.7% video (aims: 90 / 80 / 80).
 Data: `multimodal_corpus` (24,000 training examples: captions of and questions about
 32 x 32 pictures of coloured shapes, 0.75 s clips of beeps and 8-frame clips of a
 moving shape, plus text-only sentences; held-out combinations in validation and test).
@@ -42,7 +43,7 @@ def get_config():
     c.image.update(stem="conv", num_layers=0)
     c.image.update(video_mode="tubelets", num_frames=4, tubelet_frames=2)
     c.audio.update(max_samples=12_000, d_model=128, num_heads=4, d_ff=256, num_layers=2)
-    c.optimizer.peak_lr = 2e-3
+    c.optimizer.peak_lr = 1e-3  # 2e-3 learned the binding questions and captions more slowly
     c.optimizer.warmup_steps = 100
     c.train.num_steps = 1400
     c.train.log_every = 50
