@@ -4,10 +4,10 @@
     tjax describe --workdir /tmp/mm --image shapes.png "what color is the circle?"
     tjax eval --workdir /tmp/mm --split test      # exact match per task, BLEU, samples.png
 
-Hardware: one CPU (2 cores); 12 min 9 s measured there (idle 2-core EPYC, AVX2), data
-preparation included, at 2.2 steps/s, for the config before its last two changes (see
-README: the current one ran at 1.32 steps/s, 18 min 42 s, on a slower machine of the
-same kind). Test exact match 59.0% image, 86.3% audio, 81.7% video (aims: 90 / 80 / 80).
+Hardware: one CPU (2 cores). Measured on a 2-core EPYC (AVX2) running 1.32 steps/s: 18 min
+42 s with the data already prepared; an idle machine of the same kind ran this config with
+two audio layers at 2.2 steps/s, 12 min 9 s in all (see README). Test exact match 59.0% image,
+86.3% audio, 81.7% video (aims: 90 / 80 / 80).
 Data: `multimodal_corpus` (24,000 training examples: captions of and questions about
 32 x 32 pictures of coloured shapes, 0.75 s clips of beeps and 8-frame clips of a
 moving shape, plus text-only sentences; held-out combinations in validation and test).
