@@ -35,7 +35,9 @@ def _positive(x) -> bool:
 
 def test_run_shape_reports_both_sides(tmp_path):
     # Greedy only: a beam-search compile would add seconds; --quick covers beam 4.
-    result = run.run_shape(MICRO, ONCE, beams=(1,), log=lambda _: None)
+    result = run.run_shape(
+        MICRO, ONCE, beams=(1,), peak_flops=1e10, bandwidth=1e10, log=lambda _: None
+    )
 
     train = result["train"]
     for side in ("ours", "torch"):
@@ -44,16 +46,21 @@ def test_run_shape_reports_both_sides(tmp_path):
         assert row["tokens_per_window"] == MICRO.batch * (MICRO.src_len + MICRO.tgt_len)
         assert row["loss_finite"], (side, row)
         assert row["params"] > 0
+        assert _positive(row["fraction_of_matmul_peak"]), (side, row)
     assert _positive(train["ratio_ours_over_torch"])
+    # Both sides run the same model FLOPs.
+    assert train["ours"]["model_flops_per_step"] == train["torch"]["model_flops_per_step"]
 
     decoders = [d["label"] for d in result["decode"]]
     assert len(decoders) == 2, decoders
-    assert decoders[0].startswith("ours greedy") and decoders[1].startswith("torch greedy")
+    assert decoders[0].startswith("ours greedy") and "MarianMTModel.generate greedy" in decoders[1]
     for row in result["decode"]:
         assert _positive(row["tokens_per_s"]), row
         assert row["tokens_per_window"] == MICRO.decode_batch * MICRO.decode_len
+        # Exactly decode_len new tokens per row on every side (eos suppressed).
         assert row["output_shape"] == [MICRO.decode_batch, MICRO.decode_len], row
-        assert _positive(row["ratio_vs_torch_greedy"])
+        assert _positive(row["ratio_vs_generate"])
+        assert _positive(row["bound_ms_per_step"])
 
     report = {
         "date": "2000-01-01",
@@ -65,7 +72,7 @@ def test_run_shape_reports_both_sides(tmp_path):
         "results": [result],
     }
     table = run.render_markdown(report)
-    assert "| micro |" in table and "ours/torch" in table
+    assert "| micro |" in table and "ours/torch" in table and "vs generate()" in table
     json_path, md_path = run.write_report(report, table, str(tmp_path))
     assert json_path.endswith("cpu_2000-01-01_quick.json") and md_path.endswith("cpu_quick.md")
 
@@ -162,3 +169,13 @@ def test_input_bench_constant_mode_repeats_the_first_batch_and_keeps_the_state()
     one_read = iter(ds)
     next(one_read)
     assert const.get_state() == one_read.get_state() != iter(ds).get_state()
+
+
+def test_decode_step_bound_by_hand():
+    # One decoder layer, d 4, ff 8, vocab 10, 2 rows, 2 new tokens (t = 1), source 3:
+    # weights 4*16 + 2*16 + 2*32 + 40 = 200; cache 2 * 1 * 2 * 4 * (1 + 3) = 64 floats.
+    shape = run.Shape("hand", 10, 4, 2, 8, 1, 1, 2, 3, 2, 2, 3, 2)
+    seconds, parts = run.decode_step_bound(shape, 1, peak_flops=1e3, bandwidth=1e3)
+    assert parts["read_bytes"] == 4 * (200 + 64)
+    assert parts["flops"] == 2 * 2 * 200 + 2 * 2 * 2 * 1 * 4 * (1 + 3)
+    assert seconds == max(parts["read_bytes"], parts["flops"]) / 1e3

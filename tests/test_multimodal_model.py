@@ -241,3 +241,31 @@ def test_compacted_rows_compute_the_same_as_full_rows():
     for b in range(3):
         n = mask[b].sum()
         np.testing.assert_allclose(got[b, :n], full[b, :n], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["mean", "concat"])
+def test_pooled_tokens_follow_their_blocks(mode):
+    """Token (f, r, c) of a frame's g x g grid merges patches (2r + i, 2c + j) of frame f:
+    their mean, or their vectors joined in the order (0, 0), (0, 1), (1, 0), (1, 1)."""
+    from transformer_jax.tasks.multimodal.model import _pool
+
+    rng = np.random.default_rng(5)
+    frames, grid, D = 2, 4, 3
+    x = rng.normal(size=(2, frames * grid * grid, D)).astype(np.float32)
+    out = np.asarray(_pool(jnp.asarray(x), grid, 2, mode))
+    assert out.shape == (2, frames * 4, D if mode == "mean" else 4 * D)
+    for f in range(frames):
+        for r in range(2):
+            for c in range(2):
+                parts = [
+                    x[:, f * grid * grid + (2 * r + i) * grid + 2 * c + j]
+                    for i in (0, 1)
+                    for j in (0, 1)
+                ]
+                want = np.mean(parts, 0) if mode == "mean" else np.concatenate(parts, -1)
+                np.testing.assert_allclose(out[:, f * 4 + r * 2 + c], want, rtol=1e-6, atol=1e-6)
+
+
+def test_unknown_pool_mode_is_refused():
+    with pytest.raises(ValueError, match="pool_mode"):
+        VisionConfig(stack=encoder_stack(d_model=16, num_heads=2, d_ff=32), pool_mode="max")

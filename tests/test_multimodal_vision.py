@@ -187,15 +187,17 @@ def test_image_encoder_is_a_projection_of_flattened_patches(positions):
     np.testing.assert_allclose(out, want, atol=1e-4, rtol=1e-4)
 
 
-def _np_conv_s2(x, kernel, bias):
-    """float64 3 x 3 stride-2 convolution, one pixel of zero padding: [N, H, W, C] ->
-    [N, H/2, W/2, O], written out as a sum over the kernel's nine offsets."""
+def _np_conv_s2(x, kernel, bias, stride=2):
+    """float64 3 x 3 convolution (stride 2 or 1), one pixel of zero padding: [N, H, W, C]
+    -> [N, H/stride, W/stride, O], written out as a sum over the kernel's nine offsets."""
     N, H, W, _ = x.shape
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = np.zeros((N, H // 2, W // 2, kernel.shape[-1]))
+    out = np.zeros((N, H // stride, W // stride, kernel.shape[-1]))
     for i in range(3):
         for j in range(3):
-            out += xp[:, i : i + H : 2, j : j + W : 2, :] @ kernel[i, j].astype(np.float64)
+            out += xp[:, i : i + H : stride, j : j + W : stride, :] @ kernel[i, j].astype(
+                np.float64
+            )
     return out + bias
 
 
@@ -205,10 +207,14 @@ def _np_gelu(x):
     return 0.5 * x * (1.0 + np.vectorize(erf)(x / math.sqrt(2.0)))
 
 
-def _np_conv_stem(x, params):
-    """Two stride-2 3 x 3 convolutions with exact GELU, then a 1 x 1 one (patch size 4)."""
+def _np_conv_stem(x, params, extra=0):
+    """Two stride-2 3 x 3 convolutions with exact GELU, `extra` stride-1 ones, then a
+    1 x 1 one (patch size 4)."""
     for name in ("stem_0", "stem_1"):
         x = _np_gelu(_np_conv_s2(x, params[name]["kernel"], params[name]["bias"]))
+    for i in range(extra):
+        p = params[f"stem_extra_{i}"]
+        x = _np_gelu(_np_conv_s2(x, p["kernel"], p["bias"], stride=1))
     out = params["stem_out"]
     return x @ out["kernel"][0, 0].astype(np.float64) + out["bias"]
 
@@ -226,6 +232,24 @@ def test_conv_stem_image_encoder_matches_float64_reference():
     norm = params["encoder"]["final_norm"]
     want = _np_layer_norm(tokens + params["positions"][None], norm["scale"], norm["bias"], 1e-6)
     np.testing.assert_allclose(out, want, atol=1e-4, rtol=1e-4)
+
+
+def test_conv_stem_extra_stride_1_convolutions_match_float64_reference():
+    config = _config(layers=0, patch_size=4, stem="conv", stem_extra=2)
+    x = np.random.default_rng(4).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    model = ImageEncoder(config)
+    params = _init(model, x)
+    assert params["stem_extra_1"]["kernel"].shape == (3, 3, 32, 32)
+    out = np.asarray(model.apply({"params": params}, x))
+    tokens = _np_conv_stem(x.astype(np.float64), params, extra=2).reshape(2, 64, 32)
+    norm = params["encoder"]["final_norm"]
+    want = _np_layer_norm(tokens + params["positions"][None], norm["scale"], norm["bias"], 1e-6)
+    np.testing.assert_allclose(out, want, atol=1e-4, rtol=1e-4)
+
+
+def test_stem_extra_needs_the_conv_stem():
+    with pytest.raises(ValueError, match="stem_extra"):
+        _config(stem="patch", stem_extra=1)
 
 
 def test_conv_stem_tubelets_merge_t_frames_of_the_image_stem():

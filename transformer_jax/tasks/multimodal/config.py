@@ -105,6 +105,7 @@ def mm_base() -> ml_collections.ConfigDict:
     c.image.positions = "learned"
     c.image.cls_token = False
     c.image.stem = "patch"  # "patch" (ViT) | "conv" (3x3 stride-2 convolutions, then 1x1)
+    c.image.stem_extra = 0  # conv stem: 3x3 stride-1 convolutions added at the token grid
     c.image.d_model = 128
     c.image.num_heads = 4
     c.image.d_ff = 256
@@ -112,7 +113,8 @@ def mm_base() -> ml_collections.ConfigDict:
     c.image.video_mode = "frames"
     c.image.num_frames = 8
     c.image.tubelet_frames = 2
-    c.image.pool = 1  # average-pool the encoder's patch grid by pool x pool for the decoder
+    c.image.pool = 1  # merge pool x pool blocks of the encoder's patch grid for the decoder
+    c.image.pool_mode = "mean"  # "mean" | "concat" (the block's vectors joined, then projected)
     c.image.hf_path = ""  # a Hugging Face ViT directory (safetensors) to start from
 
     c.audio = ml_collections.ConfigDict()
@@ -340,10 +342,12 @@ def model_config(cfg: ml_collections.ConfigDict, tokenizer) -> MultimodalConfig:
                 positions=i.positions,
                 cls_token=i.cls_token,
                 stem=i.stem,
+                stem_extra=i.stem_extra,
                 video_mode=i.video_mode,
                 num_frames=i.num_frames,
                 tubelet_frames=i.tubelet_frames,
                 pool=i.pool,
+                pool_mode=i.pool_mode,
             )
         if "audio" in names:
             a = cfg.audio

@@ -15,6 +15,7 @@ from transformer_jax.nn.config import TransformerConfig
 IMAGE_POSITIONS = ("learned", "sincos2d")
 IMAGE_STEMS = ("patch", "conv")
 VIDEO_MODES = ("frames", "tubelets")
+POOL_MODES = ("mean", "concat")
 
 # Whisper's front end (fixed, not configurable: the imported encoders expect it).
 SAMPLE_RATE = 16_000
@@ -55,14 +56,21 @@ class VisionConfig:
     # "Early convolutions help transformers see better": the same token grid, but each
     # token sees past its patch's border and small shapes are learnt much sooner.
     stem: str = "patch"
+    # With the conv stem: this many more 3 x 3 stride-1 convolutions at the token grid
+    # (each widens a token's view of the pixels by one patch-size step per side).
+    stem_extra: int = 0
     # Video: "frames" = each sampled frame through the image path plus a learned time
     # embedding; "tubelets" = t x p x p patches by a 3-D convolution (ViViT).
     video_mode: str = "frames"
     num_frames: int = 8
     tubelet_frames: int = 2
-    # Average-pool the encoder's output patch grid by pool x pool before the text model
-    # reads it (fewer, coarser tokens for the decoder; the encoder still sees every patch).
+    # Merge each pool x pool block of the encoder's output patch grid into one token
+    # before the text model reads it (fewer tokens for the decoder; the encoder still sees
+    # every patch). pool_mode "mean" averages the block; "concat" joins its pool * pool
+    # vectors (row-major) and lets the projection into the text model mix them, as
+    # Qwen2-VL's patch merger does: a token still knows where in its block a feature lay.
     pool: int = 1
+    pool_mode: str = "mean"
 
     def __post_init__(self) -> None:
         def bad(key, value, why):
@@ -74,6 +82,8 @@ class VisionConfig:
             bad("stem", self.stem, f"choose one of {IMAGE_STEMS}")
         if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
             bad("patch_size", self.patch_size, "the conv stem needs a power of two")
+        if self.stem_extra < 0 or (self.stem_extra and self.stem != "conv"):
+            bad("stem_extra", self.stem_extra, "needs stem='conv' and must be >= 0")
         if self.positions not in IMAGE_POSITIONS:
             bad("positions", self.positions, f"choose one of {IMAGE_POSITIONS}")
         if self.video_mode not in VIDEO_MODES:
@@ -83,6 +93,8 @@ class VisionConfig:
         grid = self.image_size // self.patch_size
         if self.pool < 1 or grid % self.pool:
             bad("pool", self.pool, f"must divide the patch grid ({grid} x {grid})")
+        if self.pool_mode not in POOL_MODES:
+            bad("pool_mode", self.pool_mode, f"choose one of {POOL_MODES}")
         if self.pool > 1 and self.cls_token:
             bad("pool", self.pool, "pooling needs cls_token=False")
         if self.video_mode == "tubelets" and self.num_frames % self.tubelet_frames:

@@ -95,15 +95,18 @@ def _batch_size(media: dict[str, Any]) -> int:
     raise ValueError("no media counts in the batch")
 
 
-def _pool(x_NPD, grid: int, pool: int):
-    """Average-pools [N, frames * grid * grid, D] tokens (row-major patches per frame) by
-    pool x pool within each frame."""
+def _pool(x_NPD, grid: int, pool: int, mode: str = "mean"):
+    """Merges each pool x pool block of [N, frames * grid * grid, D] tokens (row-major
+    patches per frame) into one token: their mean [.., D], or ("concat") their vectors
+    joined in row-major order [.., pool * pool * D]."""
     if pool == 1:
         return x_NPD
     N, P, D = x_NPD.shape
     g = grid // pool
     x = x_NPD.reshape(N, P // (grid * grid), g, pool, g, pool, D)
-    return x.mean(axis=(3, 5)).reshape(N, -1, D)
+    if mode == "mean":
+        return x.mean(axis=(3, 5)).reshape(N, -1, D)
+    return x.transpose(0, 1, 2, 4, 3, 5, 6).reshape(N, -1, pool * pool * D)
 
 
 def _compact(max_tokens: int, seg_BT, *arrays):
@@ -191,7 +194,7 @@ class MultimodalModel(nn.Module):
             B, N = images.shape[:2]
             v = cfg.vision
             x = self.image_encoder(_pixels(images.reshape((B * N,) + images.shape[2:])))
-            x = _pool(x, v.image_size // v.patch_size, v.pool)
+            x = _pool(x, v.image_size // v.patch_size, v.pool, v.pool_mode)
             x = self.image_proj(x).reshape(B * N, -1, t.d_model)
             x = self._block(x, 0).reshape(B, -1, t.d_model)
             blocks.append(x)
@@ -206,13 +209,13 @@ class MultimodalModel(nn.Module):
             v = cfg.vision
             grid = v.image_size // v.patch_size
             if v.video_mode == "tubelets":
-                x = self.video_proj(_pool(self.video_encoder(video), grid, v.pool))
+                x = self.video_proj(_pool(self.video_encoder(video), grid, v.pool, v.pool_mode))
             else:
                 B, F = video.shape[:2]
                 x = self.image_encoder(video.reshape((B * F,) + video.shape[2:]))
                 x = x.reshape(B, F, -1, x.shape[-1])
                 x = x + jnp.asarray(self.time_embed, x.dtype)[None, :, None, :]
-                x = _pool(x.reshape(B, -1, x.shape[-1]), grid, v.pool)
+                x = _pool(x.reshape(B, -1, x.shape[-1]), grid, v.pool, v.pool_mode)
                 x = self.image_proj(x)
             blocks.append(self._block(x, 2))
         layout = media_layout(cfg, media)

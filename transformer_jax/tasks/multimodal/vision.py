@@ -76,6 +76,8 @@ def _patch_embed(c: VisionConfig, x_NHWC: jax.Array) -> jax.Array:
     for i in range(steps):
         width = max(D >> (steps - 1 - i), 8)
         x_NHWC = nn.gelu(conv(width, 3, 2, f"stem_{i}")(x_NHWC), approximate=False)
+    for i in range(c.stem_extra):  # 3 x 3 stride-1: each token sees 2 px further per side
+        x_NHWC = nn.gelu(conv(width, 3, 1, f"stem_extra_{i}")(x_NHWC), approximate=False)
     return conv(D, 1, 1, "stem_out")(x_NHWC)
 
 
