@@ -293,6 +293,48 @@ def test_greedy_matches_generate(marian):
     assert any(cfg.eos_id in _until_eos(row, cfg.eos_id) for row in theirs)
 
 
+def test_beam_search_shortcuts_change_no_hypothesis(marian):
+    # translate_ids leaves the encoder memory of a row's beams un-gathered and reads the
+    # tied output table transposed; a plain beam search over the same model (every cache
+    # leaf gathered, logits from the table as stored) must find the same hypotheses.
+    from transformer_jax.decode.search import beam_search
+    from transformer_jax.tasks.translation.model import EncoderDecoder
+
+    _, _, _, workdir = marian
+    loaded = load_for_inference(workdir)
+    cfg = loaded.model_config
+    assert cfg.tie_output
+    inputs, _ = _batch(loaded.processors["src_tokenizer"], QUERIES, cfg.pad_id)
+    limits = jnp.full((len(QUERIES),), MAX_NEW, jnp.int32)
+    settings = dict(max_decode_len=MAX_NEW, banned_ids=(cfg.vocab_size - 1,))
+    settings.update(length_penalty_type="hf", early_stopping="false")
+    ours = translate_ids(
+        loaded.params, jnp.asarray(inputs), limits, config=cfg, beam_size=4, alpha=0.6,
+        length_penalty=1.0, **settings,
+    )  # fmt: skip
+    model = EncoderDecoder(cfg.replace(decode=True, deterministic=True))
+    params = loaded.params
+    _, variables = model.apply(
+        {"params": params}, jnp.asarray(inputs), MAX_NEW, method=EncoderDecoder.init_cache,
+        mutable=["cache"],
+    )  # fmt: skip
+
+    def step(ids_B1, cache):
+        logits, new = model.apply(
+            {"params": params, "cache": cache}, ids_B1, method=EncoderDecoder.decode_step,
+            mutable=["cache"],
+        )  # fmt: skip
+        return logits, new["cache"]
+
+    plain, _ = beam_search(
+        step, variables["cache"], batch_size=len(QUERIES), beam_size=4,
+        alpha=1.0, start_id=cfg.decoder_start_id, eos_id=cfg.eos_id, max_lengths=limits,
+        **settings,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(plain[:, 0]))
+    assert len({tuple(r) for r in np.asarray(ours)}) > 1
+
+
 def test_pipeline_from_workdir(marian):
     _, model, _, workdir = marian
     greedy = TranslationPipeline.from_workdir(workdir, beam_size=1)

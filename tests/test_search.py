@@ -184,6 +184,27 @@ def test_beam_helpers_roundtrip_and_gather():
     assert int(got["i"]) == 3
 
 
+def test_gather_beams_leaves_the_beam_invariant_leaves_alone():
+    # Cross-attention entries (named as the attention core names them) are kept as they
+    # are; every other leaf is gathered.
+    from transformer_jax.nn.attention import is_cross_cache
+
+    rng = np.random.default_rng(3)
+    tree = {
+        "layer": {
+            "cross": {"cross_key": rng.normal(size=(2, 3, 4)).astype(np.float32), "cross_value": rng.normal(size=(2, 3, 4)).astype(np.float32)},
+            "self": {"cached_key": rng.normal(size=(2, 3, 4)).astype(np.float32)},
+        }
+    }  # fmt: skip
+    idx = jnp.array([[2, 2, 0], [1, 0, 0]])
+    got = search.gather_beams(jax.tree.map(jnp.asarray, tree), idx, is_cross_cache)
+    for name in ("cross_key", "cross_value"):
+        np.testing.assert_array_equal(got["layer"]["cross"][name], tree["layer"]["cross"][name])
+    key = tree["layer"]["self"]["cached_key"]
+    want = np.stack([key[b, np.asarray(idx)[b]] for b in range(2)])
+    np.testing.assert_array_equal(got["layer"]["self"]["cached_key"], want)
+
+
 # --------------------------------------------------------------------------------------------
 # Greedy
 # --------------------------------------------------------------------------------------------

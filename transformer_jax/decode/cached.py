@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from transformer_jax.decode.search import beam_search, greedy_search
+from transformer_jax.nn.attention import is_cross_cache
 
 PyTree = Any
 PrefillFn = Callable[..., tuple[jax.Array, PyTree]]
@@ -219,6 +220,7 @@ def beam_generate(
         initial_logits=first.logits,
         repetition_penalty=repetition_penalty,
         seen=_seen(repetition_penalty, prompts_BT, prompt_mask_BT, first),
+        beam_invariant=is_cross_cache,
     )
 
 

@@ -101,20 +101,23 @@ def unflatten_beams(tree: PyTree, batch_size: int) -> PyTree:
     return jax.tree.map(unflatten, tree)
 
 
-def gather_beams(tree: PyTree, beam_indices: jax.Array) -> PyTree:
+def gather_beams(
+    tree: PyTree, beam_indices: jax.Array, keep: Callable[[Any], bool] | None = None
+) -> PyTree:
     """Select beams per example: leaves ``[B, K_old, ...]`` -> ``[B, K_new, ...]``.
 
     ``beam_indices`` is ``int[B, K_new]`` with values in ``[0, K_old)``; scalar leaves pass
-    through.
+    through, and so do leaves whose key path ``keep`` accepts (leaves equal across the
+    beams of an example, such as the projected encoder memory, when ``K_new == K_old``).
     """
     batch_idx = jnp.arange(beam_indices.shape[0])[:, None]
 
-    def gather(x: jax.Array) -> jax.Array:
-        if x.ndim == 0:
+    def gather(path, x: jax.Array) -> jax.Array:
+        if x.ndim == 0 or (keep is not None and keep(path)):
             return x
         return x[batch_idx, beam_indices]
 
-    return jax.tree.map(gather, tree)
+    return jax.tree_util.tree_map_with_path(gather, tree)
 
 
 def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
@@ -454,6 +457,7 @@ def beam_search(
     initial_logits: jax.Array | None = None,
     repetition_penalty: float | jax.Array = 1.0,
     seen: jax.Array | None = None,
+    beam_invariant: Callable[[Any], bool] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Beam search with length penalty; returns ``(int32[B, K, L], float32[B, K])`` best first.
 
@@ -480,6 +484,10 @@ def beam_search(
 
     ``repetition_penalty`` (1.0: off) applies to the log-probabilities, as in ``transformers``'
     beam search, of tokens in the beam so far and those set in ``seen`` (``bool[B, V]``).
+
+    ``beam_invariant`` takes a cache leaf's key path and says whether that leaf is the same
+    in every beam of an example and never written by a step (cross-attention keys and
+    values): such leaves are not re-gathered after each step, saving their copy.
     """
     if length_penalty_type not in LENGTH_PENALTY_TYPES:
         raise ValueError(
@@ -556,7 +564,8 @@ def beam_search(
         else:
             alive_logp, alive_pos = lax.top_k(jnp.where(finishing, NEG_INF, top_logp), K)
         alive_src = jnp.take_along_axis(src_beam, alive_pos, axis=1)
-        cache = flatten_beams(gather_beams(unflatten_beams(new_cache, B), alive_src))
+        cache = unflatten_beams(new_cache, B)
+        cache = flatten_beams(gather_beams(cache, alive_src, beam_invariant))
 
         # Finished pool: merge the new finished hypotheses with the old ones, keep the best K.
         new_flags = finishing & valid

@@ -67,6 +67,16 @@ def _proj(features: tuple[int, ...], axes, config: TransformerConfig, name: str,
     return Projection(in_features, features, axes, config, name=name)
 
 
+CROSS_CACHE_NAMES = frozenset({"cross_key", "cross_value", "cross_segment_ids"})
+
+
+def is_cross_cache(path) -> bool:
+    """Whether a cache leaf's key path (as `jax.tree_util` gives it) names cross-attention
+    keys, values or segment ids: written once from the encoder memory, then only read, so
+    equal across the beams of an example (`search.beam_search(beam_invariant=...)`)."""
+    return any(getattr(k, "key", None) in CROSS_CACHE_NAMES for k in path)
+
+
 def _write_slots(cache: jax.Array, new: jax.Array, index: jax.Array, axis: int) -> jax.Array:
     """Writes ``new`` into ``cache`` from slot ``index`` on (along ``axis``), in every row.
 
