@@ -86,6 +86,11 @@ def _write_slots(cache: jax.Array, new: jax.Array, index: jax.Array, axis: int) 
     return jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), index, axis=axis)
 
 
+def _heads_first(x):
+    """[B, S, K, H] <-> [B, K, S, H] (the swap is its own inverse)."""
+    return x.transpose(0, 2, 1, 3)
+
+
 def _attend_slots(q_BTNH, k_BKSH, v_BKSH, visible_BTS) -> jax.Array:
     """Masked attention over a cache laid out [B, K, S, H].
 
@@ -117,9 +122,10 @@ class MultiHeadAttention(nn.Module):
     causal self-attention only) marks the bidirectional prefix of a prefix-LM.
 
     Self-attention cache (``slot_cache=False``, the translation decoder):
-    `cached_key`/`cached_value` [B, S_max, K, H] filled at the query's absolute position,
+    `cached_key`/`cached_value` [B, K, S_max, H] filled at the query's absolute position,
     the same for every row; a call with T new tokens writes them and attends causally by
-    absolute position.
+    absolute position. Cross-attention keys and values (`cross_key`/`cross_value`) are
+    cached [B, K, S, H] when the cache is created.
 
     Slot cache (``slot_cache=True``, decoder-only models): every call writes its T tokens
     into the next T slots of each row (`cache_index` [B]) together with their segment ids
@@ -166,11 +172,21 @@ class MultiHeadAttention(nn.Module):
 
         if self.is_cross:
             if cfg.decode:
-                # Filled when the cache is created; later steps pass kv_BSD=None.
-                k_c = self.variable("cache", "cross_key", lambda: key_proj(kv_BSD))
-                v_c = self.variable("cache", "cross_value", lambda: value_proj(kv_BSD))
+                # Filled when the cache is created (later steps pass kv_BSD=None), laid out
+                # [B, K, S, H]: the layout a step's matmuls read, so no step copies it.
+                k_c = self.variable("cache", "cross_key", lambda: _heads_first(key_proj(kv_BSD)))
+                v_c = self.variable(
+                    "cache", "cross_value", lambda: _heads_first(value_proj(kv_BSD))
+                )
                 seg_c = self.variable("cache", "cross_segment_ids", lambda: kv_seg_BS)
-                k_BSKH, v_BSKH, kv_seg_BS = k_c.value, v_c.value, seg_c.value
+                kv_seg_BS = seg_c.value
+                if self._reads_cache_layout():
+                    if q_seg_BT is None:
+                        q_seg_BT = jnp.ones(q_BTNH.shape[:2], jnp.int32)
+                    visible_BTS = _visible(q_seg_BT, kv_seg_BS, None, None, causal=False)
+                    o_BTNH = _attend_slots(q_BTNH, k_c.value, v_c.value, visible_BTS)
+                    return self._out(o_BTNH)
+                k_BSKH, v_BSKH = _heads_first(k_c.value), _heads_first(v_c.value)
             else:
                 k_BSKH, v_BSKH = key_proj(kv_BSD), value_proj(kv_BSD)
             o_BTNH = self._attend(
@@ -212,6 +228,14 @@ class MultiHeadAttention(nn.Module):
             kv_prefix=q_prefix_BT,
         )
         return self._out(o_BTNH)
+
+    def _reads_cache_layout(self) -> bool:
+        """Whether a cached step attends over the [B, K, S, H] cache in place (the "xla"
+        arithmetic), rather than through `dot_product_attention` on a [B, S, K, H] copy
+        (another implementation, or attention weights being recorded)."""
+        return self.config.attention_impl in ("auto", "xla") and not (
+            self.is_mutable_collection("intermediates")
+        )
 
     def _attend(self, q_BTNH, k_BSKH, v_BSKH, **masks) -> jax.Array:
         """The attention core; also sows the probabilities [B, N, T, S] as
@@ -292,31 +316,31 @@ class MultiHeadAttention(nn.Module):
     def _cached_self_attention(self, q_BTNH, k_BTKH, v_BTKH, q_pos_BT) -> jax.Array:
         cfg = self.config
         B, T, K, H = k_BTKH.shape
-        # The cache is created by a call whose T is the maximum decode length.
+        # The cache is created by a call whose T is the maximum decode length; it is laid
+        # out [B, K, S, H], the layout a step's matmuls read.
         S = T
         is_init = not self.has_variable("cache", "cached_key")
-        ck = self.variable("cache", "cached_key", jnp.zeros, (B, S, K, H), k_BTKH.dtype)
-        cv = self.variable("cache", "cached_value", jnp.zeros, (B, S, K, H), v_BTKH.dtype)
+        ck = self.variable("cache", "cached_key", jnp.zeros, (B, K, S, H), k_BTKH.dtype)
+        cv = self.variable("cache", "cached_value", jnp.zeros, (B, K, S, H), v_BTKH.dtype)
         if is_init:
             # Creating the cache (shape pass): nothing to attend to yet.
             return jnp.zeros_like(q_BTNH)
-        S = ck.value.shape[1]
+        S = ck.value.shape[2]
         # Write position = absolute position of the first new token (same for every row);
         # every cache leaf keeps batch as its leading axis, so beams gather uniformly.
         i = q_pos_BT[0, 0]
-        ck.value = jax.lax.dynamic_update_slice(
-            ck.value, k_BTKH.astype(ck.value.dtype), (0, i, 0, 0)
-        )
-        cv.value = jax.lax.dynamic_update_slice(
-            cv.value, v_BTKH.astype(cv.value.dtype), (0, i, 0, 0)
-        )
+        ck.value = _write_slots(ck.value, _heads_first(k_BTKH), i, axis=2)
+        cv.value = _write_slots(cv.value, _heads_first(v_BTKH), i, axis=2)
         q_pos_BT = jnp.broadcast_to(i + jnp.arange(T, dtype=jnp.int32), (B, T))
         kv_pos_BS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
+        if self._reads_cache_layout():
+            visible_BTS = kv_pos_BS[:, None, :] <= q_pos_BT[:, :, None]
+            return _attend_slots(q_BTNH, ck.value, cv.value, visible_BTS)
         kv_seg_BS = (kv_pos_BS < i + T).astype(jnp.int32)
         return dot_product_attention(
             q_BTNH,
-            ck.value,
-            cv.value,
+            _heads_first(ck.value),
+            _heads_first(cv.value),
             q_segment_ids=jnp.ones((B, T), jnp.int32),
             kv_segment_ids=kv_seg_BS,
             q_positions=q_pos_BT,
