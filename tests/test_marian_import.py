@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from transformer_jax.tasks.translation.decoding import translate_ids  # noqa: E402
@@ -333,6 +334,23 @@ def test_beam_search_shortcuts_change_no_hypothesis(marian):
     )  # fmt: skip
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(plain[:, 0]))
     assert len({tuple(r) for r in np.asarray(ours)}) > 1
+
+
+def test_transposed_output_table_is_reused_only_for_the_same_parameters(marian):
+    from transformer_jax.tasks.translation import decoding
+
+    _, _, _, workdir = marian
+    loaded = load_for_inference(workdir)
+    cfg, params = loaded.model_config, loaded.params
+    first = decoding._output_table(params, cfg)
+    assert decoding._output_table(params, cfg) is first
+    other = jax.tree.map(lambda x: x * 2.0, params)
+    table = np.asarray(decoding._output_table(other, cfg))
+    embedding = [x for p, x in jax.tree_util.tree_leaves_with_path(other) if "embed" in str(p)]
+    assert any(
+        x.shape == table.T.shape and np.array_equal(np.asarray(x).T, table) for x in embedding
+    )
+    assert not np.array_equal(table, np.asarray(first))
 
 
 def test_pipeline_from_workdir(marian):

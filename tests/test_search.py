@@ -184,6 +184,17 @@ def test_beam_helpers_roundtrip_and_gather():
     assert int(got["i"]) == 3
 
 
+def test_first_argmax_is_numpy_argmax():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 4, size=(6, 50)).astype(np.float32)  # many ties
+    x[1] = -np.inf
+    x[2, [7, 30]] = np.nan
+    x[3, 49] = np.inf
+    got = np.asarray(jax.jit(search.first_argmax)(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+    assert got.dtype == np.int32 and got[2] == 7
+
+
 def test_gather_beams_leaves_the_beam_invariant_leaves_alone():
     # Cross-attention entries (named as the attention core names them) are kept as they
     # are; every other leaf is gathered.

