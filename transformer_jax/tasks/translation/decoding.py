@@ -48,10 +48,9 @@ def _output_table(params, config: TransformerConfig):
             if all(r() is x for r, x in zip(refs, leaves)):
                 return table
     table = _transposed_table(params, config=config)
-    try:
-        refs = [weakref.ref(x) for x in leaves]
-    except TypeError:  # leaves that cannot be weakly referenced (e.g. NumPy arrays)
-        return table
+    if not all(isinstance(x, jax.Array) for x in leaves):
+        return table  # NumPy leaves can change in place: nothing to key a kept table on
+    refs = [weakref.ref(x) for x in leaves]
     _last_table[:] = [(refs, config, table)]
     weakref.finalize(leaves[0], _last_table.clear)  # not kept past the parameters
     return table
