@@ -48,6 +48,7 @@ test-fast: install lint
 
 bench: install
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.attention_bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -179,3 +179,49 @@ def test_decode_step_bound_by_hand():
     assert parts["read_bytes"] == 4 * (200 + 64)
     assert parts["flops"] == 2 * 2 * 200 + 2 * 2 * 2 * 1 * 4 * (1 + 3)
     assert seconds == max(parts["read_bytes"], parts["flops"]) / 1e3
+
+
+def test_attention_sweep_runs_each_side_in_its_own_process(tmp_path):
+    from benchmarks import attention_bench
+
+    report = attention_bench.main(
+        [
+            "--lengths",
+            "64",
+            "--sides",
+            "chunked",
+            "xla",
+            "--budget-s",
+            "0",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
+
+    rows = {r["side"]: r for r in report["results"]}
+    assert set(rows) == {"chunked", "xla"}
+    for row in rows.values():
+        assert row["length"] == 64 and len(row["times_s"]) >= 3, row
+        assert _positive(row["median_s"]), row
+        assert row["compiled_temp_bytes"] > 0 and row["peak_extra_bytes"] >= 0, row
+    assert (tmp_path / f"attention_cpu_{report['date']}.json").is_file()
+    assert "| 64 | chunked |" in (tmp_path / "attention_cpu_latest.md").read_text()
+
+
+def test_attention_goals_by_hand():
+    from benchmarks.attention_bench import goals
+
+    rows = [
+        {"side": "chunked", "length": 16384, "compiled_temp_bytes": 100},
+        {"side": "xla", "length": 16384, "compiled_temp_bytes": 1000},  # not run: no median
+        {"side": "chunked", "length": 1024, "median_s": 0.3, "compiled_temp_bytes": 1},
+        {"side": "xla", "length": 1024, "median_s": 0.25, "compiled_temp_bytes": 1},
+    ]
+    g = goals(rows)
+    assert g["memory_fraction"] == 0.1 and g["memory_met"] is True
+    assert g["time_ratio"] == pytest.approx(1.2) and g["time_met"] is True
+    rows[0]["compiled_temp_bytes"] = 200
+    rows[2]["median_s"] = 0.4  # 1.6x
+    g = goals(rows)
+    assert g["memory_met"] is False and g["time_met"] is False
+    assert goals(rows[2:3]) == {}

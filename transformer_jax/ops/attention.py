@@ -405,7 +405,8 @@ def _chunked_attention(
     q_prefix: jax.Array | None = None,
     kv_prefix: jax.Array | None = None,
 ) -> jax.Array:
-    """Online-softmax attention over query and key blocks; never builds ``[T, S]`` scores."""
+    """Online-softmax attention over query and key blocks; never builds ``[T, S]`` scores
+    and skips the block pairs in which no query sees a key."""
     B, T, N, H = q.shape
     S, K = k.shape[1], k.shape[2]
     G = N // K
@@ -486,24 +487,31 @@ def _flash_forward(
             carry: tuple[jax.Array, jax.Array, jax.Array],
             kv_args: tuple[jax.Array | None, ...],
         ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], None]:
-            m_BKGT, l_BKGT, acc_BKGTH = carry
             k_c, v_c, kv_seg_c, kv_pos_c, kv_pre_c = kv_args
             visible_BTS = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal, q_pre_c, kv_pre_c)
-            mask_B11TS = visible_BTS[:, None, None]
-            s_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_c, k_c, preferred_element_type=jnp.float32)
-            s_BKGTS = jnp.where(mask_B11TS, s_BKGTS * scale, _MASK_VALUE)
-            m_new = jnp.maximum(m_BKGT, s_BKGTS.max(axis=-1))
-            p_BKGTS = jnp.where(mask_B11TS, jnp.exp(s_BKGTS - m_new[..., None]), 0.0)
-            alpha = jnp.exp(m_BKGT - m_new)
-            l_BKGT = alpha * l_BKGT + p_BKGTS.sum(axis=-1)
-            pv_BKGTH = jnp.einsum(
-                "bkgts,bksh->bkgth",
-                p_BKGTS.astype(v_c.dtype),
-                v_c,
-                preferred_element_type=jnp.float32,
-            )
-            acc_BKGTH = alpha[..., None] * acc_BKGTH + pv_BKGTH
-            return (m_new, l_BKGT, acc_BKGTH), None
+
+            def update(carry):
+                m_BKGT, l_BKGT, acc_BKGTH = carry
+                mask_B11TS = visible_BTS[:, None, None]
+                s_BKGTS = jnp.einsum(
+                    "bkgth,bksh->bkgts", q_c, k_c, preferred_element_type=jnp.float32
+                )
+                s_BKGTS = jnp.where(mask_B11TS, s_BKGTS * scale, _MASK_VALUE)
+                m_new = jnp.maximum(m_BKGT, s_BKGTS.max(axis=-1))
+                p_BKGTS = jnp.where(mask_B11TS, jnp.exp(s_BKGTS - m_new[..., None]), 0.0)
+                alpha = jnp.exp(m_BKGT - m_new)
+                l_BKGT = alpha * l_BKGT + p_BKGTS.sum(axis=-1)
+                pv_BKGTH = jnp.einsum(
+                    "bkgts,bksh->bkgth",
+                    p_BKGTS.astype(v_c.dtype),
+                    v_c,
+                    preferred_element_type=jnp.float32,
+                )
+                return m_new, l_BKGT, alpha[..., None] * acc_BKGTH + pv_BKGTH
+
+            # A block with no visible pair (above the causal diagonal, between other
+            # segments, all padding) changes nothing: skip its work.
+            return jax.lax.cond(visible_BTS.any(), update, lambda c: c, carry), None
 
         init = (
             jnp.full((B, K, G, qc), _MASK_VALUE, jnp.float32),
@@ -592,9 +600,18 @@ def _flash_bwd(
         def query_block(
             carry: tuple[jax.Array, jax.Array], q_args: tuple[jax.Array | None, ...]
         ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
-            dk_BKSH, dv_BKSH = carry
             q_c, do_c, lse_c, delta_c, q_seg_c, q_pos_c, q_pre_c, dq_c = q_args
             visible_BTS = _visible(q_seg_c, kv_seg_c, q_pos_c, kv_pos_c, causal, q_pre_c, kv_pre_c)
+            return jax.lax.cond(
+                visible_BTS.any(),
+                functools.partial(update, visible_BTS, q_c, do_c, lse_c, delta_c),
+                lambda carry, dq_c: (carry, dq_c),  # no visible pair: nothing to add
+                carry,
+                dq_c,
+            )
+
+        def update(visible_BTS, q_c, do_c, lse_c, delta_c, carry, dq_c):
+            dk_BKSH, dv_BKSH = carry
             mask_B11TS = visible_BTS[:, None, None]
             s_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_c, k_c, preferred_element_type=jnp.float32)
             p_BKGTS = jnp.where(mask_B11TS, jnp.exp(s_BKGTS * scale - lse_c[..., None]), 0.0)
