@@ -21,6 +21,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from transformer_jax.data.reading import batched_source, map_in_chunks
 from transformer_jax.data.tokenizer import Tokenizer
 
 BATCH_KEYS = (
@@ -243,7 +244,8 @@ def translation_dataset(
         padded with empty rows so that all batches of one length have the same shape.
       batch_size_multiple: Rows per batch are rounded down to a multiple of this
         (e.g. the number of local devices), but never below it.
-      read_options: Grain read threads/buffer for reading and tokenizing.
+      read_options: Grain read threads/buffer for reading and tokenizing (the buffer
+        counts chunks of 64 examples, see :func:`reading.map_in_chunks`).
     """
     if batching not in BATCHING_MODES:
         raise ValueError(f"Unknown batching {batching!r}; expected one of {BATCHING_MODES}.")
@@ -260,16 +262,14 @@ def translation_dataset(
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs must be positive or None, got {num_epochs}.")
 
-    ds = grain.MapDataset.source(source)[shard_index::shard_count]
+    ds = batched_source(source)[shard_index::shard_count]
     if len(ds) == 0:
         raise ValueError(f"Shard {shard_index} of {shard_count} is empty ({len(source)} examples).")
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
-    ds = ds.map(_Tokenize(src_key, tgt_key, src_tokenizer, tgt_tokenizer, max_length))
-    it_ds = ds.to_iter_dataset(
-        read_options or grain.ReadOptions(num_threads=2, prefetch_buffer_size=256)
-    )
+    tokenize = _Tokenize(src_key, tgt_key, src_tokenizer, tgt_tokenizer, max_length)
+    it_ds = map_in_chunks(ds, tokenize, read_options)
 
     if batching == "bucket":
         boundaries = sorted(set(bucket_boundaries or default_bucket_boundaries(max_length)))

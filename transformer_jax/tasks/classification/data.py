@@ -20,6 +20,7 @@ import grain
 import numpy as np
 
 from transformer_jax.data.pipeline import _field, _text
+from transformer_jax.data.reading import batched_source, map_in_chunks
 from transformer_jax.tasks.classification.text import LabelMap, encode_input, specials, word_starts
 from transformer_jax.train.task import InputError
 
@@ -131,13 +132,12 @@ def text_dataset(
     """Batches of `batch_size` encoded examples from this host's shard of `source`."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    ds = grain.MapDataset.source(source)[shard_index::shard_count]
+    ds = batched_source(source)[shard_index::shard_count]
     if len(ds) == 0:
         raise ValueError(f"Shard {shard_index} of {shard_count} is empty ({len(source)} examples).")
     if shuffle:
         ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs).map(encode)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=256))
+    it = map_in_chunks(ds.repeat(num_epochs), encode)
     return it.batch(
         batch_size,
         drop_remainder=drop_remainder,

@@ -14,6 +14,7 @@ import grain
 import numpy as np
 
 from transformer_jax.data.pipeline import _text
+from transformer_jax.data.reading import batched_source, map_in_chunks
 from transformer_jax.tasks.generation.text import encode_document
 
 KEYS = ("inputs", "segment_ids", "positions")
@@ -74,13 +75,12 @@ def lm_dataset(
     """Packed batches {"inputs", "segment_ids", "positions"}: int32[rows, max_length]."""
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"Need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}")
-    ds = grain.MapDataset.source(source)[shard_index::shard_count]
+    ds = batched_source(source)[shard_index::shard_count]
     if len(ds) == 0:
         raise ValueError(f"Shard {shard_index} of {shard_count} is empty ({len(source)} examples)")
     if shuffle:
         ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs).map(encode)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=256))
+    it = map_in_chunks(ds.repeat(num_epochs), encode)
     it = grain.experimental.FlatMapIterDataset(it, _Pieces(max_length))
     it = grain.experimental.FirstFitPackIterDataset(
         it,
