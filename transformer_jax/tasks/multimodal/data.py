@@ -20,6 +20,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from transformer_jax.data.reading import batched_source, map_in_chunks
 from transformer_jax.tasks.generation.text import lm_specials
 from transformer_jax.tasks.multimodal.config import MultimodalConfig
 from transformer_jax.tasks.multimodal.media_config import HOP_LENGTH
@@ -217,7 +218,7 @@ def mm_dataset(
     """Batches of encoded examples (dicts of [rows, ...] arrays)."""
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"Need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}")
-    ds = grain.MapDataset.source(source)
+    ds = batched_source(source)
     if limit:
         ds = ds[:limit]
     ds = ds[shard_index::shard_count]
@@ -226,6 +227,6 @@ def mm_dataset(
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs).random_map(_Canonical(fmt, shuffle), seed=seed)
-    ds = ds.filter(lambda ex: usable(encode.config, ex["task"])).map(encode)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=64))
+    ds = ds.filter(lambda ex: usable(encode.config, ex["task"]))
+    it = map_in_chunks(ds, encode, chunk_size=16)  # whole examples with media: 16 at a time
     return it.batch(rows, drop_remainder=drop_remainder, batch_fn=lambda r: stack_rows(r, rows))
