@@ -247,6 +247,13 @@ def test_auto_on_cpu() -> None:
     assert select(small, small, small, has_bias=False, positions_matter=False) == "xla"
     assert select(big, big, big, has_bias=False, positions_matter=False) == "chunked"
     assert select(big, big, big, has_bias=True, positions_matter=False) == "xla"
+    # From 1,024 x 1,024 causal scores on, the chunked kernel skips enough blocks to win.
+    mid = jax.ShapeDtypeStruct((1, 1024, 2, 8), jnp.float32)
+    kw = dict(has_bias=False, positions_matter=False)
+    assert select(mid, mid, mid, causal=True, **kw) == "chunked"
+    assert select(mid, mid, mid, causal=False, **kw) == "xla"
+    below = jax.ShapeDtypeStruct((1, 1023, 2, 8), jnp.float32)
+    assert select(below, mid, mid, causal=True, **kw) == "xla"
 
 
 def test_make_attention_mask() -> None:
