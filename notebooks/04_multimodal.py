@@ -49,7 +49,7 @@ print("quick:", QUICK, "| files under", ROOT)
 # %% [markdown]
 # ## Accelerator (GPU / TPU)
 # On a GPU or TPU runtime: bfloat16 compute, `attention_impl=auto`, and the config's
-# full 1,400 steps.
+# full 3,400 steps.
 
 # %%
 import jax
@@ -60,8 +60,8 @@ if PLATFORM in ("gpu", "tpu"):
     ACCEL_OVERRIDES = [
         "model.dtype=bfloat16",
         "model.attention_impl=auto",
-        "train.num_steps=1400",
-        "train.eval_every=1400",
+        "train.num_steps=3400",
+        "train.eval_every=3400",
     ]
 print(f"{jax.device_count()} {PLATFORM} device(s); accelerator overrides: {ACCEL_OVERRIDES}")
 
@@ -103,7 +103,7 @@ if QUICK:
     ]
 else:
     overrides += [
-        "train.num_steps=240",  # of the config's 1,400
+        "train.num_steps=240",  # of the config's 3,400
         "train.eval_every=240",
         "train.checkpoint_every=240",
         "generate.eval_examples=240",

@@ -17,7 +17,7 @@ from transformer_jax.tasks.multimodal.data import canonical
 
 pytestmark = pytest.mark.slow
 
-STEPS = 400  # of multimodal_tiny's 1,400, to spare CI time; the README's figures are the full run's
+STEPS = 400  # of multimodal_tiny's 3,400, to spare CI time; the README's figures are the full run's
 
 
 def _tjax(args, env, check=True, timeout=1200):
