@@ -5,20 +5,20 @@
     tjax eval --workdir /tmp/mm --split test      # exact match per task, BLEU, samples.png
 
 Hardware: one CPU (2 cores). On a 2-core AMD EPYC with AVX-512 (idle, the corpus
-already prepared; preparing it added under a minute in earlier runs): 5.2 steps/s,
-11 min 22 s for the 3,400 steps with the final evaluation, then 33 s for
-`tjax eval --split test`. Test exact match 81.5% image, 90.3% audio, 86.9%
-video (aims: 90 / 80 / 80); caption BLEU 67.6 image, 59.1 audio, 66.7 video. A 2-core
-EPYC with AVX2 only ran the earlier version of this config at 1.3-2.2 steps/s: there
-3,400 steps take 26-44 min, so lower train.num_steps to fit a time budget (1,400 steps
-gave 59-62% image, 86-90% audio, 75-82% video).
+already prepared; preparing it added under a minute in earlier runs): 6.0 steps/s,
+10 min 1 s for the 3,400 steps with the final evaluation, then about 30 s for
+`tjax eval --split test`. Test exact match 82.5% image, 100% audio, 87.4% video (aims:
+90 / 80 / 80); caption BLEU 81.8 image, 97.1 audio, 64.6 video. A 2-core EPYC with AVX2
+only ran an earlier version of this config at 1.3-2.2 steps/s: there 3,400 steps take
+26-44 min, so lower train.num_steps to fit a time budget (1,400 steps gave 59-62% image,
+86-90% audio, 75-82% video).
 Data: `multimodal_corpus` (24,000 training examples: captions of and questions about
 32 x 32 pictures of coloured shapes, 0.75 s clips of beeps and 8-frame clips of a
 moving shape, plus text-only sentences; held-out combinations in validation and test).
 Model: a 4-layer d-128 Llama-style decoder reading every medium as a bidirectional
-prefix: 8 x 8-pixel tokens of each image (16 per image) from a convolutional stem
-(three 3 x 3 stride-2 convolutions and a 1 x 1 one, so that each token sees 15 px,
-more than a shape; no Transformer layers on top), the same stem on 4 sampled frames
+prefix: 8 x 8-pixel tokens of each image (16 per image, fixed 2-D sin-cos positions)
+from a convolutional stem (three 3 x 3 stride-2 convolutions and a 1 x 1 one, so that
+each token sees 15 px, more than a shape; no Transformer layers on top), the same stem on 4 sampled frames
 merged in pairs into 2 x 8 x 8 tubelets, and Whisper log-mel + conv stem tokens of the
 audio (no Transformer layers either).
 
@@ -27,8 +27,8 @@ square, triangle) stayed at chance; the stem alone, read by one attention layer,
 them apart within 400 steps, and dropping the image layers halves the step time (the
 video path shares them). The decoder still has to learn to bind a question's colour to
 the right shape, and that is where the held-out accuracy stops (see README): the third
-convolution in place of 2 x 2 average pooling and 3,400 steps instead of 1,400 took
-test image questions from 62% to 81.5%.
+convolution in place of 2 x 2 average pooling, 2-D sin-cos positions instead of learned
+ones and 3,400 steps instead of 1,400 took test image questions from 62% to 82.5%.
 """
 
 from transformer_jax.tasks.multimodal.config import mm_base
@@ -47,7 +47,7 @@ def get_config():
     # Rows hold one medium each here: 64 columns fit the largest (audio: 40 + 24 text).
     c.model.max_tokens = 64
     c.image.update(image_size=32, patch_size=8, pool=1, d_model=128, num_heads=4, d_ff=256)
-    c.image.update(stem="conv", num_layers=0)
+    c.image.update(stem="conv", num_layers=0, positions="sincos2d")
     c.image.update(video_mode="tubelets", num_frames=4, tubelet_frames=2)
     # Audio tokens straight from the Whisper stem: with two Transformer layers on top the
     # run never learned rising/falling (0% on test), with none 65%.
