@@ -142,11 +142,14 @@ def flip_array_bytes(step_dir: str) -> str:
 
 
 def edit_iterator_position(step_dir: str) -> str:
-    """Moves the saved data-iterator position on by one example (valid JSON throughout)."""
+    """Moves the saved data-iterator read position on by one (valid JSON throughout)."""
     path = os.path.join(step_dir, "data", "metadata")
     data = json.loads(open(path).read())
     it = json.loads(data["iterator"])
-    it["parent"]["next_index"] += 1
+    level = it
+    while "next_index" not in level:  # the read position sits under the wrapping datasets' state
+        level = level["parent"]
+    level["next_index"] += 1
     data["iterator"] = json.dumps(it, separators=(",", ":"))
     with open(path, "w") as f:
         f.write(json.dumps(data))
