@@ -280,6 +280,64 @@ def test_rsqrt_schedule_is_the_papers_formula():
     )
 
 
+@pytest.mark.parametrize("eps", [0.1, 0.0])
+@pytest.mark.parametrize("with_allowed", [False, True])
+def test_loss_gradient_matches_torch_autograd(eps, with_allowed):
+    """The hand-written backward pass of the vocabulary loss against torch's autograd of
+    the smoothed cross entropy written out in float64, with weights, a banned token, a
+    gradient on the NLL sum as well, and a target tied for the maximum logit."""
+    torch = pytest.importorskip("torch")
+    V = 13
+    rng = np.random.default_rng(3)
+    logits = (rng.normal(size=(2, 7, V)) * 3).astype(np.float32)
+    targets = rng.integers(0, V - 1, size=(2, 7))
+    logits[0, 0, targets[0, 0]] = logits[0, 0, 5] = logits[0, 0].max() + 1.0  # a tie
+    allowed = np.ones(V, bool)
+    if with_allowed:
+        allowed[V - 1] = False
+        logits[..., V - 1] -= 1e9
+    weights = (rng.random((2, 7)) > 0.3).astype(np.float32)
+    a, b = 0.7, 0.3  # d/d logits of a * smoothed_sum + b * nll_sum
+
+    def ours(z):
+        loss, nll, _, _ = smoothed_cross_entropy(
+            z,
+            jnp.asarray(targets, jnp.int32),
+            jnp.asarray(weights),
+            eps,
+            allowed_V=jnp.asarray(allowed) if with_allowed else None,
+        )
+        return a * loss + b * nll
+
+    got = np.asarray(jax.jit(jax.grad(ours))(jnp.asarray(logits)))
+
+    z = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    logp = torch.log_softmax(z, dim=-1)
+    mask = torch.tensor(allowed)
+    q = torch.where(mask, eps / (int(allowed.sum()) - 1), 0.0).expand(2, 7, V).clone()
+    t = torch.tensor(targets)
+    q.scatter_(-1, t[..., None], 1.0 - eps)
+    cross = -(q * torch.where(q > 0, logp, torch.zeros_like(logp))).sum(-1)
+    nll = -logp.gather(-1, t[..., None])[..., 0]
+    w = torch.tensor(weights, dtype=torch.float64)
+    (a * (cross * w).sum() + b * (nll * w).sum()).backward()
+    np.testing.assert_allclose(got, z.grad.numpy(), atol=2e-6, rtol=1e-4)
+    assert np.abs(got).max() > 0.1
+
+
+def test_loss_gradient_keeps_the_logits_dtype():
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 9)), jnp.bfloat16)
+
+    def loss(z):
+        t, w = jnp.zeros((2, 3), jnp.int32), jnp.ones((2, 3))
+        return smoothed_cross_entropy(z, t, w, 0.1)[0]
+
+    g = jax.grad(loss)(logits)
+    assert g.dtype == jnp.bfloat16
+    want = jax.grad(loss)(logits.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(want), atol=2e-2)
+
+
 def test_label_smoothing_spreads_only_over_tokens_the_model_can_emit():
     V, eps = 11, 0.1
     banned = [3, 10]  # e.g. an imported model's <pad>: a -1e9 final-logits bias
