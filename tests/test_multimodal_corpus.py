@@ -33,7 +33,7 @@ def _digest(rec) -> str:
 def test_sizes_mix_and_determinism(examples):
     assert corpus.SAMPLE_RATE == media_config.SAMPLE_RATE
     assert {s: len(x) for s, x in examples.items()} == corpus.SPLIT_SIZES
-    assert corpus.SPLIT_SIZES == {"train": 24_000, "validation": 1_200, "test": 1_200}
+    assert corpus.SPLIT_SIZES == {"train": 25_000, "validation": 1_200, "test": 1_200}
     for split, xs in examples.items():
         assert collections.Counter(e.task for e in xs) == corpus.TASK_SIZES[split]
         # A prefix (the "tiny" config) keeps the mix: the tasks are shuffled together.
@@ -48,6 +48,20 @@ def test_sizes_mix_and_determinism(examples):
     assert corpus.generate_examples("train", num_examples=5) == examples["train"][:5]
     with pytest.raises(ValueError, match="bogus"):
         corpus.generate_examples("bogus")
+
+
+def test_relations_asked_of_three_shapes_in_training_only(examples):
+    def shape_counts(xs):
+        return collections.Counter(
+            len(e.images[0].shapes)
+            for e in xs
+            if re.fullmatch(r"is the \w+ (above or below|left or right of) the \w+\?", e.prompt)
+        )
+
+    train = shape_counts(examples["train"])
+    assert set(train) == {2, 3} and min(train.values()) > 300
+    for split in ("validation", "test"):
+        assert set(shape_counts(examples[split])) == {2}, split
 
 
 def test_held_out_combinations_are_disjoint(examples):

@@ -6,13 +6,18 @@
 
 Hardware: one CPU (2 cores). On a 2-core AMD EPYC with AVX-512 (idle, the corpus
 already prepared; preparing it added under a minute in earlier runs): 6.0 steps/s,
-10 min 1 s for the 3,400 steps with the final evaluation, then about 30 s for
-`tjax eval --split test`. Test exact match 82.5% image, 100% audio, 87.4% video (aims:
-90 / 80 / 80); caption BLEU 81.8 image, 97.1 audio, 64.6 video. A 2-core EPYC with AVX2
-only ran an earlier version of this config at 1.3-2.2 steps/s: there 3,400 steps take
-26-44 min, so lower train.num_steps to fit a time budget (1,400 steps gave 59-62% image,
-86-90% audio, 75-82% video).
-Data: `multimodal_corpus` (24,000 training examples: captions of and questions about
+10 min 1 s for the 3,400 steps with the final evaluation (corpus 1.0.0; the step is the
+same with 1.1.0), then about 30 s for `tjax eval --split test`. On a slower one (Zen 4,
+family 25 model 17, AVX-512) the whole command took 14 min 40 s at 4.2 steps/s,
+preparing corpus 1.1.0 (20 s) included.
+Test exact match with corpus 1.1.0, seeds 0 and 1: 86.8% and 82.3% image, 100% and 100%
+audio, 86.3% and 88.0% video (aims: 90 / 80 / 80); caption BLEU 77.1 / 71.0 image,
+87.2 / 78.1 audio, 63.9 / 66.2 video. With corpus 1.0.0 (a third of the training
+examples image questions instead of 44%): 82.5% and 82.0% image. A 2-core EPYC with
+AVX2 only ran an earlier version of this config at 1.3-2.2 steps/s: there 3,400 steps
+would take 26-44 min, so lower train.num_steps to fit a time budget (1,400 steps gave
+59-62% image, 86-90% audio, 75-82% video).
+Data: `multimodal_corpus` (25,000 training examples: captions of and questions about
 32 x 32 pictures of coloured shapes, 0.75 s clips of beeps and 8-frame clips of a
 moving shape, plus text-only sentences; held-out combinations in validation and test).
 Model: a 4-layer d-128 Llama-style decoder reading every medium as a bidirectional
@@ -28,7 +33,8 @@ them apart within 400 steps, and dropping the image layers halves the step time 
 video path shares them). The decoder still has to learn to bind a question's colour to
 the right shape, and that is where the held-out accuracy stops (see README): the third
 convolution in place of 2 x 2 average pooling, 2-D sin-cos positions instead of learned
-ones and 3,400 steps instead of 1,400 took test image questions from 62% to 82.5%.
+ones and 3,400 steps instead of 1,400 took test image questions from 62% to 82.5%,
+and a training mix with more image questions (corpus 1.1.0) to 82-87%.
 """
 
 from transformer_jax.tasks.multimodal.config import mm_base

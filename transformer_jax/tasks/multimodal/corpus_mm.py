@@ -43,14 +43,19 @@ SPLITS = ("train", "validation", "test")
 TASKS = (
     "image_caption", "image_qa", "audio_caption", "audio_qa", "video_caption", "video_qa", "text",
 )  # fmt: skip
-# Examples of each task in the "full" splits (validation and test: 1/20 of train each).
+# Examples of each task in the "full" splits. Training leans on image questions, the
+# hardest task (a question must find the right shape among several): 44% of training
+# examples, against a third in validation and test, which keep the sizes of version 1.0.0.
 TASK_SIZES = {
     "train": {
-        "image_caption": 3_000, "image_qa": 8_000, "audio_caption": 1_500, "audio_qa": 3_500,
-        "video_caption": 1_500, "video_qa": 3_500, "text": 3_000,
+        "image_caption": 3_000, "image_qa": 11_000, "audio_caption": 1_500, "audio_qa": 3_500,
+        "video_caption": 1_500, "video_qa": 3_500, "text": 1_000,
+    },
+    "validation": {
+        "image_caption": 150, "image_qa": 400, "audio_caption": 75, "audio_qa": 175,
+        "video_caption": 75, "video_qa": 175, "text": 150,
     },
 }  # fmt: skip
-TASK_SIZES["validation"] = {t: n // 20 for t, n in TASK_SIZES["train"].items()}
 TASK_SIZES["test"] = dict(TASK_SIZES["validation"])
 SPLIT_SIZES = {s: sum(v.values()) for s, v in TASK_SIZES.items()}
 TWO_IMAGE_FRACTION = 0.2  # share of image_qa examples that show two images
@@ -209,10 +214,18 @@ def video_caption(spec: VideoSpec) -> str:
     return f"a {spec.color} {spec.shape} moves {spec.direction}"
 
 
-def _image_question(rng: random.Random, spec: ImageSpec, where: str = "") -> tuple[str, str]:
-    """A question about one image; ``where`` (" in the first image") names it among two."""
+def _image_question(
+    rng: random.Random, spec: ImageSpec, where: str = "", split: str = "test"
+) -> tuple[str, str]:
+    """A question about one image; ``where`` (" in the first image") names it among two.
+
+    Held-out splits ask where one shape is relative to the other only in two-shape
+    images; training asks it of two of three shapes too, for more practice at comparing
+    positions.
+    """
     shapes = spec.shapes
-    kinds = ["color", "count", "shape"] + (["relation"] if len(shapes) == 2 and not where else [])
+    pairs = len(shapes) == 2 or (len(shapes) == 3 and split == "train")
+    kinds = ["color", "count", "shape"] + (["relation"] if pairs and not where else [])
     kind = rng.choice(kinds)
     s = rng.choice(shapes)
     if kind == "color":
@@ -335,7 +348,10 @@ def _sample_example(rng: random.Random, task: str, split: str, seed: int) -> Exa
     if task == "image_qa":
         n = 2 if rng.random() < TWO_IMAGE_FRACTION else 1
         specs = tuple(_sample_image(rng, split, seed) for _ in range(n))
-        q, a = _image_question(rng, specs[0]) if n == 1 else _two_image_question(rng, specs)
+        if n == 1:
+            q, a = _image_question(rng, specs[0], split=split)
+        else:
+            q, a = _two_image_question(rng, specs)
         return Example(task, q, a, images=specs)
     if task in ("audio_caption", "audio_qa"):
         audio = _sample_audio(rng, split, seed)

@@ -37,11 +37,14 @@ class MultimodalCorpus(tfds.core.GeneratorBasedBuilder):
     """Synthetic shapes images, beep clips, moving-shape videos and text (no downloads)."""
 
     name = "multimodal_corpus"  # The TFDS name under which prepared data is stored.
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Training leans on image questions (25k examples); validation and test unchanged.",
+    }
     BUILDER_CONFIGS = [
         MultimodalCorpusConfig(
-            name="full", description="24k train / 1.2k validation / 1.2k test examples."
+            name="full", description="25k train / 1.2k validation / 1.2k test examples."
         ),
         MultimodalCorpusConfig(
             name="tiny",
