@@ -269,3 +269,22 @@ def test_pooled_tokens_follow_their_blocks(mode):
 def test_unknown_pool_mode_is_refused():
     with pytest.raises(ValueError, match="pool_mode"):
         VisionConfig(stack=encoder_stack(d_model=16, num_heads=2, d_ff=32), pool_mode="max")
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "cross"])
+def test_flop_count_pays_for_the_vocabulary_on_text_columns_only(fusion):
+    """The model projects only the text columns onto the vocabulary, so a larger
+    vocabulary adds 2 D per text column and nothing for the media columns."""
+    from transformer_jax.tasks.multimodal.config import mm_base
+    from transformer_jax.tasks.multimodal.task import MultimodalTask
+
+    task = MultimodalTask(mm_base())
+    B, L, extra = 3, 7, 1000
+    batch = {"tokens": np.ones((B, L), np.int32), "text_mask": np.ones((B, L), np.int32)}
+    counts = []
+    for vocab in (V, V + extra):
+        config = small_config(fusion)
+        config = dataclasses.replace(config, text=config.text.replace(vocab_size=vocab))
+        counts.append(float(task.batch_counts(batch, config)[1]))
+    D = config.text.d_model
+    assert counts[1] - counts[0] == pytest.approx(3 * B * L * 2 * D * extra)

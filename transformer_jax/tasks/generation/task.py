@@ -37,8 +37,11 @@ def next_token_targets(batch) -> tuple[jax.Array, jax.Array]:
     return targets_BL, weights_BL
 
 
-def decoder_only_flops(config: TransformerConfig, batch: int, length: int) -> float:
-    """Matmul FLOPs of one training step (forward x3) over [batch, length] tokens."""
+def decoder_only_flops(
+    config: TransformerConfig, batch: int, length: int, logit_length: int | None = None
+) -> float:
+    """Matmul FLOPs of one training step (forward x3) over [batch, length] tokens, with
+    the output projection over the last `logit_length` columns (default: all)."""
     D, F, V = config.d_model, config.d_ff, config.vocab_size
     NH = config.num_heads * config.dim_per_head
     KH = config.kv_heads * config.dim_per_head
@@ -48,7 +51,8 @@ def decoder_only_flops(config: TransformerConfig, batch: int, length: int) -> fl
         + 2 * 2 * length * NH  # QK^T and AV (counted dense)
         + 2 * gated * D * F
     )
-    fwd = batch * length * (per_token * config.num_decoder_layers + 2 * D * V)
+    logit_length = length if logit_length is None else logit_length
+    fwd = batch * (length * per_token * config.num_decoder_layers + logit_length * 2 * D * V)
     return float(3 * fwd)
 
 

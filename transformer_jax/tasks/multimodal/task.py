@@ -252,11 +252,14 @@ class MultimodalTask(CatalogData, Task):
         tokens = jnp.sum(batch["text_mask"] != 0).astype(jnp.float32)
         B, L = batch["tokens"].shape
         M = media_columns(config)
+        # Logits are computed over the text columns only; the media stack has none.
         if config.fusion == "prefix":
-            flops = decoder_only_flops(config.text, B, M + L)
+            flops = decoder_only_flops(config.text, B, M + L, logit_length=L)
         else:
             enc = config.text.replace(num_decoder_layers=config.fusion_layers)
-            flops = decoder_only_flops(config.text, B, L) + decoder_only_flops(enc, B, M)
+            flops = decoder_only_flops(config.text, B, L) + decoder_only_flops(
+                enc, B, M, logit_length=0
+            )
         return tokens, flops + encoder_flops(config, B)
 
     # -- evaluation, inference, CLI --------------------------------------------------------
