@@ -7,6 +7,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from transformer_jax.decode.search import first_argmax
+
 
 def smoothed_cross_entropy(
     logits_BTV, targets_BT, weights_BT, label_smoothing: float, allowed_V=None
@@ -21,9 +23,10 @@ def smoothed_cross_entropy(
     the minimum. Returns (smoothed_sum, nll_sum, weight_sum, correct_sum).
 
     The loss over the vocabulary has its own gradient (`_token_losses`): the
-    log-probabilities are never stored, the forward pass reads the logits in three
-    fused reductions, and the backward pass writes d logits in one elementwise pass
-    (softmax, minus the smoothed target) instead of scattering through a gather.
+    log-probabilities are never stored, the forward pass reads the logits in fused
+    reductions (maximum, sum of exponentials, the first index of the maximum), and the
+    backward pass writes d logits in one elementwise pass (softmax, minus the smoothed
+    target) instead of scattering through a gather.
     """
     V = logits_BTV.shape[-1]
     if allowed_V is None:
@@ -59,17 +62,13 @@ def _target_allowed(targets_BT, allowed_V):
 
 def _token_losses_fwd(logits_BTV, targets_BT, allowed_V, n, eps: float):
     z_BTV = logits_BTV.astype(jnp.float32)
-    V = z_BTV.shape[-1]
     m_BT1 = jnp.max(z_BTV, axis=-1, keepdims=True)
     log_s_BT = jnp.log(jnp.sum(jnp.exp(z_BTV - m_BT1), axis=-1))
     m_BT = m_BT1[..., 0]
     lse_BT = m_BT + log_s_BT
     nll_BT = lse_BT - jnp.take_along_axis(z_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    # Correct: the first index holding the maximum (or a NaN) is the target, as argmax.
-    index_BTV = jax.lax.broadcasted_iota(jnp.int32, z_BTV.shape, z_BTV.ndim - 1)
-    hit_BTV = (z_BTV == m_BT1) | jnp.isnan(z_BTV)
-    top_BT = jnp.min(jnp.where(hit_BTV, index_BTV, V), axis=-1)
-    correct_BT = (top_BT == targets_BT).astype(jnp.float32)
+    # Two plain reductions (XLA shares the maximum with the one above), not argmax's pair.
+    correct_BT = (first_argmax(z_BTV) == targets_BT).astype(jnp.float32)
     if eps > 0:
         on, off = _smoothing_coefficients(eps, n)
         # Sum of logp over the allowed tokens, as sum(z - m) - n * log(s): no logp stored.
