@@ -195,6 +195,26 @@ def test_first_argmax_is_numpy_argmax():
     assert got.dtype == np.int32 and got[2] == 7
 
 
+@pytest.mark.parametrize("shape,k", [((3, 4, 5000), 8), ((2, 12800), 3), ((5, 1000), 8)])
+def test_blocked_top_k_is_a_stable_sort(shape, k):
+    # (5, 1000) is too short to cut into blocks; the others are cut, one with a partial
+    # last block. Each row holds 2 fives and 10 fours at random places over 0-3: the
+    # blocks holding a five rank first, and the k largest then take the fours by index,
+    # also from blocks before them. The last three entries (in the partial block) tie.
+    rng = np.random.default_rng(sum(shape) + k)
+    x = rng.integers(0, 4, size=shape).astype(np.float32)
+    for row in x.reshape(-1, shape[-1]):
+        places = rng.choice(shape[-1] - 3, size=12, replace=False)
+        row[places[:2]], row[places[2:]], row[-3:] = 5.0, 4.0, 4.0
+    x.reshape(-1, shape[-1])[0] = -np.inf
+    x.reshape(-1, shape[-1])[-1, : shape[-1] // 2] = -1e9
+    values, index = jax.jit(search.blocked_top_k, static_argnums=1)(jnp.asarray(x), k)
+    want = np.argsort(-x.astype(np.float64), axis=-1, kind="stable")[..., :k]
+    np.testing.assert_array_equal(np.asarray(index), want)
+    np.testing.assert_array_equal(np.asarray(values), np.take_along_axis(x, want, axis=-1))
+    assert index.dtype == jnp.int32
+
+
 def test_gather_beams_leaves_the_beam_invariant_leaves_alone():
     # Cross-attention entries (named as the attention core names them) are kept as they
     # are; every other leaf is gathered.
@@ -355,10 +375,14 @@ def test_beam_search_exact_when_beam_covers_everything(vocab, max_len, beam, alp
     _check_beam_against(want, seqs, scores, max_len)
 
 
-@pytest.mark.parametrize("model_kind", ["markov", "history"])
+@pytest.mark.parametrize(
+    "model_kind,vocab",
+    # 1,100 words x 4 beams: the candidates are long enough for blocked_top_k's blocks
+    [("markov", 5), ("history", 5), ("markov", 1100)],
+)
 @pytest.mark.parametrize("beam,alpha", [(2, 0.6), (3, 0.0), (4, 1.0)])
-def test_beam_search_matches_numpy_reference(model_kind, beam, alpha):
-    batch, vocab, max_len, eos = 4, 5, 6, 3
+def test_beam_search_matches_numpy_reference(model_kind, vocab, beam, alpha):
+    batch, max_len, eos = 4, 6, 3
     rng = np.random.default_rng(10 + beam)
     if model_kind == "markov":
         model = Markov(rng.normal(size=(vocab, vocab)) * 1.5)
