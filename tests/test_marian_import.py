@@ -336,21 +336,35 @@ def test_beam_search_shortcuts_change_no_hypothesis(marian):
     assert len({tuple(r) for r in np.asarray(ours)}) > 1
 
 
-def test_transposed_output_table_is_reused_only_for_the_same_parameters(marian):
+def test_decoding_weights_are_reused_only_for_the_same_parameters(marian):
     from transformer_jax.tasks.translation import decoding
 
     _, _, _, workdir = marian
     loaded = load_for_inference(workdir)
     cfg, params = loaded.model_config, loaded.params
-    first = decoding._output_table(params, cfg)
-    assert decoding._output_table(params, cfg) is first
+    first = decoding._decoding_weights(params, cfg)
+    assert decoding._decoding_weights(params, cfg) is first
     other = jax.tree.map(lambda x: x * 2.0, params)
-    table = np.asarray(decoding._output_table(other, cfg))
+    weights = decoding._decoding_weights(other, cfg)
+    table = np.asarray(weights["table_DV"])
     embedding = [x for p, x in jax.tree_util.tree_leaves_with_path(other) if "embed" in str(p)]
     assert any(
         x.shape == table.T.shape and np.array_equal(np.asarray(x).T, table) for x in embedding
     )
-    assert not np.array_equal(table, np.asarray(first))
+    assert not np.array_equal(table, np.asarray(first["table_DV"]))
+    # Each attention's query, key and value (Marian's have biases) joined along the heads.
+    joined = [
+        (path, x) for path, x in jax.tree_util.tree_leaves_with_path(weights["params"])
+        if "fused_qkv" in jax.tree_util.keystr(path)
+    ]  # fmt: skip
+    assert {jax.tree_util.keystr(p[-1:]) for p, _ in joined} == {"['kernel']", "['bias']"}
+    for path, x in joined:
+        module = weights["params"]
+        for key in path[:-2]:
+            module = module[key.key]
+        field = path[-1].key
+        parts = [np.asarray(module[name][field]) for name in ("query", "key", "value")]
+        np.testing.assert_array_equal(np.asarray(x), np.concatenate(parts, axis=-2))
 
 
 def test_pipeline_from_workdir(marian):
