@@ -264,6 +264,30 @@ def test_parameter_shardings_follow_the_rules(mesh_runs, name):
     assert table.addressable_shards[0].data.shape == shard_shapes[1]
 
 
+@pytest.mark.parametrize("name", ["fsdp 1x8x1x1", "fsdp_tensor 2x2x2x1"])
+def test_decoding_joins_qkv_unless_the_heads_are_split(env, mesh_runs, name):
+    # The placed parameters decode with joined projections (fsdp splits only "embed") or
+    # the three apart (tensor parallelism splits the heads); host copies of the same
+    # parameters always decode joined, on one device. Every way gives the same tokens.
+    from transformer_jax.nn.attention import heads_split
+    from transformer_jax.tasks.translation.decoding import translate_ids
+
+    _, batches = env
+    setup, params = mesh_runs[name].setup, mesh_runs[name].state.params
+    assert heads_split(params) == name.startswith("fsdp_tensor")
+    assert not heads_split(jax.device_get(params))
+    inputs = batches[0]["inputs"][:8]
+    limits = np.full((8,), 12, np.int32)
+    settings = dict(config=setup.model_config, alpha=0.6, max_decode_len=12)
+    host = jax.device_get(params)
+    for beam in (1, 3):
+        with setup.context():
+            placed = translate_ids(params, inputs, limits, beam_size=beam, **settings)
+        alone = translate_ids(host, inputs, limits, beam_size=beam, **settings)
+        np.testing.assert_array_equal(np.asarray(placed), np.asarray(alone))
+        assert (np.asarray(alone) > 0).any()
+
+
 def test_a_dimension_the_mesh_does_not_divide_is_replicated(data_dir, tmp_path):
     """A 201-token vocabulary over tensor=2 stays whole; its embed dimension is still split."""
     cfg = tiny_config(

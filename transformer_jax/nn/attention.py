@@ -100,6 +100,21 @@ def with_fused_qkv(params):
     return visit(params)
 
 
+def heads_split(params) -> bool:
+    """Whether any query, key or value kernel among `params` (placed arrays) is split over
+    devices along its heads axis. Their joined kernel (`with_fused_qkv`) would then need
+    its heads re-sharded, and the three slices of every step's projection moved between
+    devices: decoding keeps the three projections apart."""
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+        names = [getattr(k, "key", None) for k in path[-2:]]
+        if names[-1] != "kernel" or names[0] not in ("query", "key", "value"):
+            continue
+        spec = getattr(getattr(x, "sharding", None), "spec", None)
+        if spec is not None and len(spec) >= x.ndim - 1 and spec[x.ndim - 2] is not None:
+            return True
+    return False
+
+
 def _fused_qkv(x_BTD: jax.Array, fused, cfg: TransformerConfig):
     N, K = cfg.num_heads, cfg.kv_heads
     y = jax.lax.dot_general(

@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from transformer_jax.decode.search import beam_search, greedy_search
-from transformer_jax.nn.attention import is_cross_cache, with_fused_qkv
+from transformer_jax.nn.attention import heads_split, is_cross_cache, with_fused_qkv
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.tasks.translation.model import EncoderDecoder
 
@@ -28,7 +28,8 @@ def translate_ids(params, inputs_BS, max_lengths_B, *, config: TransformerConfig
 
     The weights are first laid out for decoding by their own program (`_decoding_weights`):
     each self-attention's query, key and value kernels joined into one
-    (`nn.attention.with_fused_qkv`), and a tied output table transposed to [D, V]. Handed
+    (`nn.attention.with_fused_qkv`; not where they are split over devices by heads), and
+    a tied output table transposed to [D, V]. Handed
     to the decoding program as arguments, they keep that layout: a step multiplies a few
     rows by each, and on a CPU one matmul over the joined kernels takes about two thirds
     of the time of the three, and the [D, V] table about 1/1.7 of the time of the [V, D]
@@ -51,7 +52,7 @@ def _decoding_weights(params, config: TransformerConfig):
         if cfg == config and len(refs) == len(leaves):
             if all(r() is x for r, x in zip(refs, leaves)):
                 return weights
-    weights = _lay_out_weights(params, config=config)
+    weights = _lay_out_weights(params, config=config, join_qkv=not heads_split(params))
     if not all(isinstance(x, jax.Array) for x in leaves):
         return weights  # NumPy leaves can change in place: nothing to key kept weights on
     refs = [weakref.ref(x) for x in leaves]
@@ -60,13 +61,13 @@ def _decoding_weights(params, config: TransformerConfig):
     return weights
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _lay_out_weights(params, *, config: TransformerConfig):
+@functools.partial(jax.jit, static_argnames=("config", "join_qkv"))
+def _lay_out_weights(params, *, config: TransformerConfig, join_qkv: bool):
     table_DV = None
     if config.tie_output:
         model = EncoderDecoder(config.replace(deterministic=True))
         table_DV = model.apply({"params": params}, method=EncoderDecoder.output_table)
-    return {"params": with_fused_qkv(params), "table_DV": table_DV}
+    return {"params": with_fused_qkv(params) if join_qkv else params, "table_DV": table_DV}
 
 
 @functools.partial(
