@@ -431,3 +431,29 @@ def test_translation_model_refuses_blocks_it_does_not_build(changes: dict, match
     ids = jnp.ones((1, 4), jnp.int32)
     with pytest.raises(ValueError, match=match):
         jax.eval_shape(lambda: EncoderDecoder(cfg).init(jax.random.PRNGKey(0), ids, ids))
+
+
+@pytest.mark.parametrize("batch,length", [(4, 40), (2, 3)])
+def test_tied_logits_value_and_gradients_match_numpy(batch, length) -> None:
+    # 160 tokens against d_model 16: the table's gradient is computed transposed (CPU);
+    # 6 tokens: the plain einsum. Both against the closed form in float64.
+    cfg = tiny()
+    emb = embed.Embed(50, cfg)
+    rng = np.random.default_rng(batch)
+    x = rng.normal(size=(batch, length, cfg.d_model)).astype(np.float32)
+    w = rng.normal(size=(batch, length, 50)).astype(np.float32)  # d loss / d logits
+    params = unboxed_params(emb, jnp.zeros((1, 1), jnp.int32))
+    table = np.asarray(params["embedding"], np.float64)
+
+    def loss(params, x):
+        logits = emb.apply({"params": params}, x, method=embed.Embed.attend)
+        return jnp.sum(logits * w), logits
+
+    (_, logits), (d_params, dx) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(
+        params, jnp.asarray(x)
+    )
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(logits), x64 @ table.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), w64 @ table, rtol=1e-5, atol=1e-5)
+    want = np.einsum("blv,bld->vd", w64, x64)
+    np.testing.assert_allclose(np.asarray(d_params["embedding"]), want, rtol=1e-5, atol=1e-4)
