@@ -274,12 +274,12 @@ def test_decoding_joins_qkv_unless_the_heads_are_split(env, mesh_runs, name):
 
     _, batches = env
     setup, params = mesh_runs[name].setup, mesh_runs[name].state.params
+    host = jax.device_get(params)
     assert heads_split(params) == name.startswith("fsdp_tensor")
-    assert not heads_split(jax.device_get(params))
+    assert not heads_split(host)
     inputs = batches[0]["inputs"][:8]
     limits = np.full((8,), 12, np.int32)
     settings = dict(config=setup.model_config, alpha=0.6, max_decode_len=12)
-    host = jax.device_get(params)
     for beam in (1, 3):
         with setup.context():
             placed = translate_ids(params, inputs, limits, beam_size=beam, **settings)

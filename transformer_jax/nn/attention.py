@@ -115,19 +115,6 @@ def heads_split(params) -> bool:
     return False
 
 
-def _fused_qkv(x_BTD: jax.Array, fused, cfg: TransformerConfig):
-    N, K = cfg.num_heads, cfg.kv_heads
-    y = jax.lax.dot_general(
-        x_BTD.astype(cfg.dtype),
-        jnp.asarray(fused["kernel"], cfg.dtype),
-        (((x_BTD.ndim - 1,), (0,)), ((), ())),
-    )
-    if "bias" in fused:
-        bias = jnp.asarray(fused["bias"], cfg.dtype)
-        y = y + bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape)
-    return y[..., :N, :], y[..., N : N + K, :], y[..., N + K :, :]
-
-
 CROSS_CACHE_NAMES = frozenset({"cross_key", "cross_value", "cross_segment_ids"})
 
 
@@ -261,9 +248,12 @@ class MultiHeadAttention(nn.Module):
 
         if q_prefix_BT is not None and not self.causal:
             raise ValueError("q_prefix_BT needs causal self-attention")
-        fused = self.get_variable("params", FUSED_QKV) if cfg.decode else None
-        if fused is not None:  # one matmul for all three (see `with_fused_qkv`)
-            q_BTNH, k_BTKH, v_BTKH = _fused_qkv(x_BTD, fused, cfg)
+        if cfg.decode and self.has_variable("params", FUSED_QKV):
+            # One matmul for all three (see `with_fused_qkv`)
+            qkv_proj = _proj((N + 2 * K, H), ("embed", "heads", "kv"), cfg, FUSED_QKV)
+            qkv_BTXH = qkv_proj(x_BTD)
+            q_BTNH = qkv_BTXH[:, :, :N]
+            k_BTKH, v_BTKH = qkv_BTXH[:, :, N : N + K], qkv_BTXH[:, :, N + K :]
             q_BTNH = nn.with_logical_constraint(q_BTNH, ("batch", "length", "heads", "kv"))
         else:
             k_BTKH, v_BTKH = key_proj(x_BTD), value_proj(x_BTD)

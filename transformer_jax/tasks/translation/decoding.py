@@ -29,14 +29,14 @@ def translate_ids(params, inputs_BS, max_lengths_B, *, config: TransformerConfig
     The weights are first laid out for decoding by their own program (`_decoding_weights`):
     each self-attention's query, key and value kernels joined into one
     (`nn.attention.with_fused_qkv`; not where they are split over devices by heads), and
-    a tied output table transposed to [D, V]. Handed
-    to the decoding program as arguments, they keep that layout: a step multiplies a few
-    rows by each, and on a CPU one matmul over the joined kernels takes about two thirds
-    of the time of the three, and the [D, V] table about 1/1.7 of the time of the [V, D]
-    table read transposed (XLA folds a transpose or join made inside the program back
-    into the matmuls, or repeats it every step). Laying them out costs about as much as
-    that saves over one call, so the weights laid out for the last parameters seen are
-    kept, while those parameters live, for the next call with the same parameter arrays.
+    a tied output table transposed to [D, V]. Handed to the decoding program as
+    arguments, they keep that layout: a step multiplies a few rows by each, and on a CPU
+    one matmul over the joined kernels takes about two thirds of the time of the three,
+    and the [D, V] table about 1/1.7 of the time of the [V, D] table read transposed (XLA
+    folds a transpose or join made inside the program back into the matmuls, or repeats
+    it every step). Laying them out costs about as much as that saves over one call, so
+    the weights laid out for the last parameters seen are kept, while those parameters
+    live, for the next call with the same parameter arrays.
     """
     weights = _decoding_weights(params, config)
     return _translate_ids(weights, inputs_BS, max_lengths_B, config=config, **settings)
