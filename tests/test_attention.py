@@ -444,6 +444,47 @@ def test_splash_kernel_in_interpret_mode() -> None:
         np.testing.assert_allclose(g, g_xla, atol=1e-5, rtol=1e-5)
 
 
+# ------------------------------------------------- cuDNN's causal kernel: when it is exact
+
+
+def _np_keys_at_or_before_queries(mask: np.ndarray) -> bool:
+    for b, _, i, j in zip(*np.nonzero(mask), strict=True):
+        del b
+        if j > i:
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "case", ["packed", "restarted positions", "reversed positions", "prefix", "offset query"]
+)
+def test_causal_kernel_is_taken_only_where_the_mask_is_index_causal(case: str) -> None:
+    """cuDNN is told `is_causal` only where no visible key lies after its query by index;
+    the check is compared with a NumPy scan of the dense mask."""
+    T = 12
+    seg = np.array([[1] * 5 + [2] * 4 + [0] * 3, [3] * 12], np.int32)
+    arange = np.broadcast_to(np.arange(T, dtype=np.int32), (2, T))
+    restarted = np.array([list(range(5)) + list(range(4)) + [0] * 3, list(range(12))], np.int32)
+    kw: dict = dict(causal=True)
+    q_seg, kv_seg, q_pos, kv_pos = seg, seg, arange, arange
+    if case == "restarted positions":  # packed documents, each from position 0
+        q_pos = kv_pos = restarted
+    elif case == "reversed positions":
+        q_pos = kv_pos = arange[:, ::-1].copy()
+    elif case == "prefix":  # bidirectional over the first three tokens
+        prefix = np.zeros((2, T), bool)
+        prefix[:, :3] = True
+        kw.update(q_prefix=prefix, kv_prefix=prefix)
+    elif case == "offset query":  # one query at position 4 against the whole cache
+        q_seg, q_pos = seg[:, 4:5], arange[:, 4:5]
+    mask = make_attention_mask(
+        jnp.asarray(q_seg), jnp.asarray(kv_seg), jnp.asarray(q_pos), jnp.asarray(kv_pos), **kw
+    )
+    expected = _np_keys_at_or_before_queries(np.asarray(mask))
+    assert expected == (case in ("packed", "restarted positions"))
+    assert bool(attention._keys_at_or_before_queries(mask)) == expected
+
+
 # -------------------------------------------------------------------------- errors
 
 

@@ -267,7 +267,7 @@ def dot_product_attention(
             raise ValueError(f"implementation='cudnn' is unavailable: {reason}")
         # cuDNN takes the dense mask (as a bias), so prefix-LM masks need nothing extra.
         mask = _visible(q_seg, kv_seg, q_pos, kv_pos, causal, q_pre, kv_pre)[:, None]
-        return _cudnn_attention(q, k, v, mask)
+        return _cudnn_attention(q, k, v, mask, causal)
     reason = _splash_unsupported_reason(q, k, positions_matter=causal and not default_positions)
     if reason is not None:
         raise ValueError(f"implementation='splash' is unavailable: {reason}")
@@ -704,9 +704,34 @@ def _cudnn_unsupported_reason(
     return None
 
 
-def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """cuDNN fused attention with an explicit ``[B, 1, T, S]`` mask."""
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+def _keys_at_or_before_queries(mask: jax.Array) -> jax.Array:
+    """Scalar bool: does every visible key of ``mask`` ``[B, 1, T, S]`` sit at or before
+    its query by index (row i sees only columns j <= i)?"""
+    T, S = mask.shape[-2:]
+    above_TS = jnp.arange(S)[None, :] > jnp.arange(T)[:, None]
+    return ~jnp.any(mask & above_TS[None, None])
+
+
+def _cudnn_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal: bool = False
+) -> jax.Array:
+    """cuDNN fused attention with an explicit ``[B, 1, T, S]`` mask.
+
+    With ``causal``, where the mask shows no key after its query by index (self-attention
+    over packed documents whose positions increase, the training case), cuDNN is also
+    told the mask is causal, so it skips the tiles above the diagonal; the dense mask
+    still decides inside the others. The device picks between the two kernels per call.
+    """
+
+    def run(is_causal: bool) -> jax.Array:
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=mask, is_causal=is_causal, implementation="cudnn"
+        )
+
+    if causal and q.shape[1] > 1:
+        out = jax.lax.cond(_keys_at_or_before_queries(mask), lambda: run(True), lambda: run(False))
+    else:
+        out = run(False)
     # cuDNN spreads fully masked rows uniformly; the contract is zeros.
     row_seen_BT11 = jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]
     return jnp.where(row_seen_BT11, out, 0).astype(q.dtype)
