@@ -225,7 +225,14 @@ def check_training(rows: list[dict], *, base: bool, steps: int) -> None:
 
 
 def check_lm(
-    rows: list[dict], *, big: bool, steps: int, batch: int = 8, scan: bool = True, remat="none"
+    rows: list[dict],
+    *,
+    big: bool,
+    steps: int,
+    batch: int = 8,
+    scan: bool = True,
+    remat="none",
+    profile_dir: str = "",
 ) -> None:
     """Train steps of a decoder-only LM in bf16: step time, tokens/s, MFU."""
     import flax.linen as nn
@@ -282,6 +289,11 @@ def check_lm(
         state, m = fn(state, batch_)
     jax.block_until_ready(state)
     dt_step = (time.perf_counter() - t0) / steps
+    if profile_dir:
+        with jax.profiler.trace(profile_dir):
+            for _ in range(3):
+                state, m = fn(state, batch_)
+            jax.block_until_ready(state)
     fl = decoder_only_flops(mcfg, B, L)
     peak, source = flops_lib.device_peak_flops()
     n_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
@@ -322,6 +334,8 @@ def main(argv=None) -> int:
         default="8:scan",
         help="decoder-only LM runs, comma-separated BATCH:scan|noscan[:REMAT] (default 8:scan)",
     )
+    p.add_argument("--profile", default="", help="a folder for a trace of the first LM run")
+    p.add_argument("--out", default=RESULTS_DIR, help="folder for the JSON results")
     p.add_argument("--skip", default="", help="comma-separated check functions to leave out")
     args = p.parse_args(argv)
     rows: list[dict] = []
@@ -345,10 +359,13 @@ def main(argv=None) -> int:
             (check_attention, ("chunked", jnp.bfloat16, 2048, 64), {}),
             (
                 check_attention_speed,
-                (("cudnn", "chunked", "xla"), jnp.bfloat16, 8, 2048, 16, 128),
+                (("cudnn", "cudnn-dense", "chunked", "xla"), jnp.bfloat16, 8, 2048, 16, 128),
                 {},
             ),
-            *((check_lm, (), _lm_run(spec)) for spec in args.lm.split(",") if spec),
+            *(
+                (check_lm, (), dict(_lm_run(spec), profile_dir=args.profile if i == 0 else ""))
+                for i, spec in enumerate(filter(None, args.lm.split(",")))
+            ),
             (check_training, (), dict(base=True, steps=10)),
         ]
     skip = set(filter(None, args.skip.split(",")))
@@ -359,9 +376,9 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001
             _emit(rows, {"check": fn.__name__, "error": f"{type(e).__name__}: {e}", "ok": False})
     ok = all(r.get("ok", True) for r in rows)
-    os.makedirs(RESULTS_DIR, exist_ok=True)
+    os.makedirs(args.out, exist_ok=True)
     name = f"gpu_{dt.date.today().isoformat()}{'_cpu_smoke' if args.cpu_smoke else ''}.json"
-    with open(os.path.join(RESULTS_DIR, name), "w") as f:
+    with open(os.path.join(args.out, name), "w") as f:
         json.dump({"ok": ok, "rows": rows}, f, indent=2)
     print(f"{'all checks passed' if ok else 'SOME CHECKS FAILED'}: {name}")
     return 0 if ok else 1

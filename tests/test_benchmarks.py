@@ -225,3 +225,21 @@ def test_attention_goals_by_hand():
     g = goals(rows)
     assert g["memory_met"] is False and g["time_met"] is False
     assert goals(rows[2:3]) == {}
+
+
+def test_gpu_check_cpu_smoke_runs_every_check(tmp_path):
+    """The GPU check's code paths at tiny shapes on the CPU: every check runs and passes."""
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--cpu-smoke", "--out", str(tmp_path)]) == 0
+    (out,) = tmp_path.glob("gpu_*_cpu_smoke.json")
+    report = json.loads(out.read_text())
+    names = [r.get("check", "") for r in report["rows"]]
+    assert report["ok"] and all(r.get("ok", True) for r in report["rows"])
+    assert "attention xla causal, positions reversed" in names
+    assert "decoder-only LM train step bfloat16" in names
+    lm = next(r for r in report["rows"] if r.get("check") == "decoder-only LM train step bfloat16")
+    assert lm["step_ms"] > 0 and 0 < lm["mfu"] < 1
+    assert gpu_check._lm_run("16:noscan:full") == dict(
+        big=True, steps=10, batch=16, scan=False, remat="full"
+    )
