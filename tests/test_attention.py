@@ -541,3 +541,44 @@ def test_id_and_bias_shape_errors() -> None:
         dot_product_attention(q, k, k, bias=jnp.zeros((2, 2, 4, 5)), implementation="xla")
     with pytest.raises(ValueError, match="query_chunk_size must be a positive int"):
         dot_product_attention(q, k, k, implementation="chunked", query_chunk_size=0)
+
+
+def test_auto_logs_its_choice_once_per_kind_of_call(monkeypatch, caplog) -> None:
+    # Shapes no other test uses: the jitted function's trace cache would hide the call.
+    monkeypatch.setattr(attention, "_LOGGED_CHOICES", set())
+    q = jnp.zeros((1, 10, 2, 8))
+    long_q = jnp.zeros((1, 1040, 2, 8))
+    pos = jnp.arange(10, dtype=jnp.int32)[None]
+    with caplog.at_level("INFO", logger="transformer_jax.ops.attention"):
+        dot_product_attention(q, q, q)
+        # Traced again (positions given), the same kind of call: not logged again.
+        dot_product_attention(q, q, q, q_positions=pos, kv_positions=pos)
+        dot_product_attention(q, q, q, causal=True)
+        dot_product_attention(long_q, long_q, long_q, causal=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "transformer_jax.ops.attention"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("attention auto: xla for bidirectional float32, 10 queries x 10")
+    assert lines[1].startswith("attention auto: xla for causal float32, 10 queries x 10")
+    assert lines[2].startswith("attention auto: chunked for causal float32, 1040 queries")
+    assert "skips the blocks above the diagonal" in lines[2]
+
+
+def test_training_cli_prints_the_choices(monkeypatch, capsys) -> None:
+    import logging
+
+    from transformer_jax.__main__ import show_attention_choices
+
+    logger = logging.getLogger("transformer_jax.ops.attention")
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    monkeypatch.setattr(attention, "_LOGGED_CHOICES", set())
+    show_attention_choices()
+    show_attention_choices()  # a second call adds no second handler
+    q = jnp.zeros((1, 6, 2, 8))  # a shape no other test uses
+    dot_product_attention(q, q, q)
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "attention auto: xla for bidirectional float32, 6 queries x 6 keys on cpu "
+        "(few scores, and cpu has no fused kernel)"
+    ]

@@ -311,6 +311,27 @@ def quiet_libraries() -> None:
         logging.getLogger("absl").addFilter(_not_from_orbax)  # once: same object
 
 
+def show_attention_choices() -> None:
+    """Training prints (stderr, host 0) which attention kernel `attention_impl=auto` takes
+    for each kind of attention, once each."""
+    import logging
+
+    logger = logging.getLogger("transformer_jax.ops.attention")
+    if logger.handlers:
+        return
+
+    class ToStderr(logging.Handler):  # the stderr of the moment, not of the first call
+        def emit(self, record) -> None:
+            import jax
+
+            if jax.process_index() == 0:
+                print(record.getMessage(), file=sys.stderr, flush=True)
+
+    logger.addHandler(ToStderr())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the `tjax` program itself (not main([...]) from Python)
         from transformer_jax.malloc_env import reexec_with_tuned_malloc
@@ -344,6 +365,8 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.command == "train":
+        show_attention_choices()
     if args.command != "train" and args.command != "eval" and extra:
         parser.error(f"unrecognized arguments: {' '.join(map(repr, extra))}")
     from transformer_jax.errors import user_error_message

@@ -21,6 +21,7 @@ An all-False prefix is plain causal attention.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import jax
@@ -46,6 +47,9 @@ _AUTO_CHUNKED_MIN_SCORES = 2048 * 2048
 # makes it faster than the reference from 1,024 x 1,024 scores on (benchmarks/attention_bench).
 _AUTO_CHUNKED_MIN_SCORES_CPU_CAUSAL = 1024 * 1024
 _SPLASH_LANES = 128
+
+_log = logging.getLogger(__name__)
+_LOGGED_CHOICES: set[tuple] = set()
 
 
 # --------------------------------------------------------------------------- masks
@@ -314,19 +318,44 @@ def _select_implementation(
     positions_matter: bool,
     causal: bool = False,
 ) -> str:
-    """Picks the fastest implementation valid for these inputs on the default backend."""
-    if not has_bias:
-        if _cudnn_unsupported_reason(q, k, v, strict=True) is None:
-            return "cudnn"
-        if _splash_unsupported_reason(q, k, positions_matter=positions_matter) is None:
-            return "splash"
+    """Picks the fastest implementation valid for these inputs on the default backend and
+    logs the choice (INFO, once per backend, dtype, lengths, mask kind and choice)."""
+    choice, why = _choose(q, k, v, has_bias, positions_matter, causal)
+    key = (jax.default_backend(), choice, q.dtype.name, q.shape[1], k.shape[1], causal)
+    if key not in _LOGGED_CHOICES:
+        _LOGGED_CHOICES.add(key)
+        _log.info(
+            "attention auto: %s for %s %s, %d queries x %d keys on %s (%s)",
+            choice,
+            "causal" if causal else "bidirectional",
+            q.dtype.name,
+            q.shape[1],
+            k.shape[1],
+            jax.default_backend(),
+            why,
+        )
+    return choice
+
+
+def _choose(q, k, v, has_bias: bool, positions_matter: bool, causal: bool) -> tuple[str, str]:
+    """(implementation, why)."""
+    if has_bias:
+        return "xla", "an additive bias is given, which only xla takes"
+    cudnn_reason = _cudnn_unsupported_reason(q, k, v, strict=True)
+    if cudnn_reason is None:
+        return "cudnn", "cuDNN fused attention applies"
+    splash_reason = _splash_unsupported_reason(q, k, positions_matter=positions_matter)
+    if splash_reason is None:
+        return "splash", "splash attention applies"
     scores = q.shape[1] * k.shape[1]
-    if not has_bias and scores > _AUTO_CHUNKED_MIN_SCORES:
-        return "chunked"
-    if not has_bias and causal and jax.default_backend() == "cpu":
-        if scores >= _AUTO_CHUNKED_MIN_SCORES_CPU_CAUSAL:
-            return "chunked"
-    return "xla"
+    if scores > _AUTO_CHUNKED_MIN_SCORES:
+        return "chunked", f"more than {_AUTO_CHUNKED_MIN_SCORES:,} scores per head"
+    cpu = jax.default_backend() == "cpu"
+    if causal and cpu and scores >= _AUTO_CHUNKED_MIN_SCORES_CPU_CAUSAL:
+        return "chunked", "causal on a CPU: it skips the blocks above the diagonal"
+    backend = jax.default_backend()
+    blocker = {"gpu": f"; not cuDNN: {cudnn_reason}", "tpu": f"; not splash: {splash_reason}"}
+    return "xla", "few scores" + blocker.get(backend, f", and {backend} has no fused kernel")
 
 
 # ----------------------------------------------------------------------------- xla
