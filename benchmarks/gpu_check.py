@@ -2,6 +2,7 @@
 
     python -m benchmarks.gpu_check                 # on the GPU machine
     python -m benchmarks.gpu_check --cpu-smoke     # the same code paths, tiny, on a CPU
+    python -m benchmarks.gpu_check --lm 8:scan --skip check_training --profile /tmp/p
 
 Checks, each printed as one JSON line and written to benchmarks/results/gpu_<date>.json:
 1. cuDNN attention (`implementation="cudnn"`, bf16) agrees with the float32 XLA
@@ -331,8 +332,8 @@ def main(argv=None) -> int:
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes, xla in place of cudnn")
     p.add_argument(
         "--lm",
-        default="8:scan",
-        help="decoder-only LM runs, comma-separated BATCH:scan|noscan[:REMAT] (default 8:scan)",
+        default="8:noscan,16:noscan",
+        help="decoder-only LM runs, comma-separated BATCH:scan|noscan[:REMAT]",
     )
     p.add_argument("--profile", default="", help="a folder for a trace of the first LM run")
     p.add_argument("--out", default=RESULTS_DIR, help="folder for the JSON results")
