@@ -151,6 +151,37 @@ def check_attention_speed(rows: list[dict], impls, dtype, B: int, T: int, N: int
         )
 
 
+def _time_train_steps(task, model, tx, params, batch, *, steps, warmup=0, profile_dir=""):
+    """Trains `steps` timed steps from `params` after the first (compiling) one and
+    `warmup` more: (first loss, seconds to compile and run the first, seconds per
+    step, final state, last step's metrics). With `profile_dir`, three more steps are traced there."""
+    from transformer_jax.train.trainer import TrainState, train_step
+
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    fn = jax.jit(
+        functools.partial(train_step, task=task, model=model, tx=tx, base_rng=jax.random.key(0)),
+        donate_argnums=(0,),
+    )
+    t0 = time.perf_counter()
+    state, m = fn(state, batch)
+    first = float(m["loss_sum"] / m["weight_sum"])
+    compile_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        state, m = fn(state, batch)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = fn(state, batch)
+    jax.block_until_ready(state)
+    dt_step = (time.perf_counter() - t0) / steps
+    if profile_dir:
+        with jax.profiler.trace(profile_dir):
+            for _ in range(3):
+                state, m = fn(state, batch)
+            jax.block_until_ready(state)
+    return first, compile_s, dt_step, state, m
+
+
 def check_training(rows: list[dict], *, base: bool, steps: int) -> None:
     import flax.linen as nn
 
@@ -158,7 +189,6 @@ def check_training(rows: list[dict], *, base: bool, steps: int) -> None:
     from transformer_jax.tasks.translation.task import TranslationTask
     from transformer_jax.train import flops as flops_lib
     from transformer_jax.train.optim import make_optimizer
-    from transformer_jax.train.trainer import TrainState, train_step
 
     cfg = translation_base()
     if base:
@@ -186,21 +216,9 @@ def check_training(rows: list[dict], *, base: bool, steps: int) -> None:
         params = nn.unbox(
             model.init(jax.random.key(0), batch["inputs"][:1], batch["targets"][:1])["params"]
         )
-        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-        fn = jax.jit(
-            functools.partial(
-                train_step, task=task, model=train_model, tx=tx, base_rng=jax.random.key(0)
-            ),
-            donate_argnums=(0,),
+        first, _, dt_step, state, _ = _time_train_steps(
+            task, train_model, tx, params, batch, steps=steps
         )
-        state, m = fn(state, batch)
-        first = float(m["loss_sum"] / m["weight_sum"])
-        jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            state, m = fn(state, batch)
-        jax.block_until_ready(state)
-        dt_step = (time.perf_counter() - t0) / steps
         fl = flops_lib.encoder_decoder_flops(mcfg, B, L, L)
         peak, source = flops_lib.device_peak_flops()
         dtypes = sorted({str(x.dtype) for x in jax.tree.leaves(state.params)})
@@ -242,7 +260,6 @@ def check_lm(
     from transformer_jax.tasks.generation.task import CausalLMTask, decoder_only_flops
     from transformer_jax.train import flops as flops_lib
     from transformer_jax.train.optim import make_optimizer
-    from transformer_jax.train.trainer import TrainState, train_step
 
     cfg = lm_base()
     if big:  # GPT-3 XL's dimensions (1.3B)
@@ -274,27 +291,9 @@ def check_lm(
     params = jax.jit(lambda k: nn.unbox(task.init_variables(model, k, one)["params"]))(
         jax.random.key(0)
     )
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    fn = jax.jit(
-        functools.partial(train_step, task=task, model=model, tx=tx, base_rng=jax.random.key(0)),
-        donate_argnums=(0,),
+    first, compile_s, dt_step, state, m = _time_train_steps(
+        task, model, tx, params, batch_, steps=steps, warmup=1, profile_dir=profile_dir
     )
-    t0 = time.perf_counter()
-    state, m = fn(state, batch_)
-    first = float(m["loss_sum"] / m["weight_sum"])
-    compile_s = time.perf_counter() - t0
-    state, m = fn(state, batch_)
-    jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = fn(state, batch_)
-    jax.block_until_ready(state)
-    dt_step = (time.perf_counter() - t0) / steps
-    if profile_dir:
-        with jax.profiler.trace(profile_dir):
-            for _ in range(3):
-                state, m = fn(state, batch_)
-            jax.block_until_ready(state)
     fl = decoder_only_flops(mcfg, B, L)
     peak, source = flops_lib.device_peak_flops()
     n_params = int(sum(x.size for x in jax.tree.leaves(state.params)))

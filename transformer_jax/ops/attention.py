@@ -350,10 +350,9 @@ def _choose(q, k, v, has_bias: bool, positions_matter: bool, causal: bool) -> tu
     scores = q.shape[1] * k.shape[1]
     if scores > _AUTO_CHUNKED_MIN_SCORES:
         return "chunked", f"more than {_AUTO_CHUNKED_MIN_SCORES:,} scores per head"
-    cpu = jax.default_backend() == "cpu"
-    if causal and cpu and scores >= _AUTO_CHUNKED_MIN_SCORES_CPU_CAUSAL:
-        return "chunked", "causal on a CPU: it skips the blocks above the diagonal"
     backend = jax.default_backend()
+    if causal and backend == "cpu" and scores >= _AUTO_CHUNKED_MIN_SCORES_CPU_CAUSAL:
+        return "chunked", "causal on a CPU: it skips the blocks above the diagonal"
     blocker = {"gpu": f"; not cuDNN: {cudnn_reason}", "tpu": f"; not splash: {splash_reason}"}
     return "xla", "few scores" + blocker.get(backend, f", and {backend} has no fused kernel")
 
