@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
-from transformer_jax.train.trainer import TrainState, train_step
+from transformer_jax.train.trainer import TrainState, all_finite, train_step
 
 
 class ManyLeaves(nn.Module):
@@ -83,3 +84,30 @@ def test_a_nonfinite_step_keeps_every_leaf_and_a_finite_one_moves_them():
     assert float(metrics["nonfinite"]) == 0.0
     for name, value in applied.params.items():
         assert not np.array_equal(np.asarray(value), np.asarray(refused.params[name])), name
+
+
+@pytest.mark.parametrize(
+    "poison", [None, "nan", "inf", "-inf", "inf_and_-inf", "large_float16", "float16_inf"]
+)
+def test_all_finite_agrees_with_numpy(poison):
+    rng = np.random.default_rng(0)
+    tree = {
+        "w": rng.normal(size=(64, 33)).astype(np.float32),
+        "b": rng.normal(size=(7,)).astype(np.float32),
+        "h": rng.normal(size=(300,)).astype(np.float16),
+        "count": np.int32(3),  # not floating point: not checked
+    }
+    if poison == "nan":
+        tree["w"][5, 7] = np.nan
+    elif poison == "inf":
+        tree["b"][2] = np.inf
+    elif poison == "-inf":
+        tree["w"][0, 0] = -np.inf
+    elif poison == "inf_and_-inf":  # their sum is NaN, not an infinity
+        tree["w"][1, 1], tree["w"][2, 2] = np.inf, -np.inf
+    elif poison == "large_float16":  # finite, but its float16 sum would overflow
+        tree["h"][:] = 60000.0
+    elif poison == "float16_inf":
+        tree["h"][9] = np.inf
+    want = all(np.isfinite(v).all() for k, v in tree.items() if k != "count")
+    assert bool(jax.jit(all_finite)(jax.tree.map(jnp.asarray, tree))) == want

@@ -245,6 +245,42 @@ def test_label_smoothing_matches_numpy(eps):
     assert float(correct) == ((logits.argmax(-1) == targets) * weights).sum()
 
 
+@pytest.mark.parametrize("case", ["unique", "near_ties", "ties", "nan", "inf"])
+def test_accuracy_is_numpy_argmax_with_ties_nan_and_inf(case):
+    """`correct` counts argmax(logits) == target as NumPy does: the first of tied maxima
+    and the first NaN win. Unique maxima (even one float step apart) take the fast path,
+    the other cases the exact reduction; both must agree with NumPy."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4, 6, 50)).astype(np.float32)
+    targets = rng.integers(0, 50, size=(4, 6))
+    targets[:, :3] = logits[:, :3].argmax(-1)  # some hits
+    top = logits[0, 0].argmax()
+    below = np.nextafter(logits[0, 0, top], np.float32(-np.inf))
+    if case == "near_ties":  # one float step below the maximum, before and after it
+        logits[0, 0, [0, 49]] = below
+        targets[0, 1] = 0
+    elif case == "ties":  # the maximum held twice: only the first index counts
+        logits[0, 0, 7] = logits[0, 0, 30] = logits[0, 0].max() + 1
+        targets[0, 0], targets[0, 1] = 30, 7
+        logits[0, 1, 7] = logits[0, 1, 30] = logits[0, 1].max() + 1
+    elif case == "nan":
+        logits[1, 2, 5] = logits[1, 2, 9] = np.nan
+        targets[1, 2] = 5
+        logits[1, 3, 9] = np.nan
+        targets[1, 3] = logits[1, 3].argmax() if logits[1, 3].argmax() != 9 else 0
+    elif case == "inf":
+        logits[2, 0, [4, 8]] = np.inf  # tied infinities: the first wins
+        targets[2, 0], targets[2, 2] = 8, 4
+        logits[2, 2, 4] = np.inf
+        logits[2, 1, :] = -np.inf
+        targets[2, 1] = 0
+    weights = np.ones(targets.shape, np.float32)
+    *_, correct = smoothed_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(targets, jnp.int32), jnp.asarray(weights), 0.1
+    )
+    assert float(correct) == (logits.argmax(-1) == targets).sum()
+
+
 def test_smoothed_loss_is_zero_for_the_smoothed_target():
     V, eps = 6, 0.1
     q = np.full((1, 1, V), eps / (V - 1))

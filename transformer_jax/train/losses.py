@@ -66,9 +66,9 @@ def _token_losses_fwd(logits_BTV, targets_BT, allowed_V, n, eps: float):
     log_s_BT = jnp.log(jnp.sum(jnp.exp(z_BTV - m_BT1), axis=-1))
     m_BT = m_BT1[..., 0]
     lse_BT = m_BT + log_s_BT
-    nll_BT = lse_BT - jnp.take_along_axis(z_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    # Two plain reductions (XLA shares the maximum with the one above), not argmax's pair.
-    correct_BT = (first_argmax(z_BTV) == targets_BT).astype(jnp.float32)
+    z_target_BT = jnp.take_along_axis(z_BTV, targets_BT[..., None], axis=-1)[..., 0]
+    nll_BT = lse_BT - z_target_BT
+    correct_BT = _argmax_is_target(z_BTV, targets_BT, m_BT1, z_target_BT).astype(jnp.float32)
     if eps > 0:
         on, off = _smoothing_coefficients(eps, n)
         # Sum of logp over the allowed tokens, as sum(z - m) - n * log(s): no logp stored.
@@ -83,6 +83,25 @@ def _token_losses_fwd(logits_BTV, targets_BT, allowed_V, n, eps: float):
         loss_BT = nll_BT
     residuals = (logits_BTV, targets_BT, allowed_V, n, lse_BT)
     return (loss_BT, nll_BT, correct_BT), residuals
+
+
+def _argmax_is_target(z_BTV, targets_BT, m_BT1, z_target_BT):
+    """bool [B, T]: `argmax(z) == target`, the first index winning a tie, NaN first.
+
+    Where every row's maximum is held by one entry, that is `z[target] == max`, which
+    costs nothing over the vocabulary. A CPU runs a reduction over a compare or select
+    of [T, V] about 10x slower than one over arithmetic, so uniqueness is proven with
+    arithmetic: exp((z - max) * 1e30) is exactly 1 at each entry equal to the maximum
+    and about 0 at every other (for normal floats, anything below it by more than 1e-30),
+    so a row sum below 2 means one holder. A batch with any other row (a tie, a NaN, an
+    infinite logit) takes the exact first-index reduction instead.
+    """
+    unique = jnp.all(jnp.sum(jnp.exp((z_BTV - m_BT1) * 1e30), axis=-1) < 2.0)
+    return jax.lax.cond(
+        unique,
+        lambda: z_target_BT == m_BT1[..., 0],
+        lambda: first_argmax(z_BTV) == targets_BT,
+    )
 
 
 def _token_losses_bwd(eps: float, residuals, cotangents):
