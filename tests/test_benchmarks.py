@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -50,6 +51,9 @@ def test_run_shape_reports_both_sides(tmp_path):
     assert _positive(train["ratio_ours_over_torch"])
     # Both sides run the same model FLOPs.
     assert train["ours"]["model_flops_per_step"] == train["torch"]["model_flops_per_step"]
+    # Every side ran in a process of its own, none in this one.
+    pids = [train["ours"]["pid"], train["torch"]["pid"]] + [d["pid"] for d in result["decode"]]
+    assert len(set(pids)) == len(pids) and os.getpid() not in pids, pids
 
     decoders = [d["label"] for d in result["decode"]]
     assert len(decoders) == 2, decoders
@@ -75,6 +79,13 @@ def test_run_shape_reports_both_sides(tmp_path):
     assert "| micro |" in table and "ours/torch" in table and "vs generate()" in table
     json_path, md_path = run.write_report(report, table, str(tmp_path))
     assert json_path.endswith("cpu_2000-01-01_quick.json") and md_path.endswith("cpu_quick.md")
+
+
+def test_a_side_that_fails_in_its_process_names_itself():
+    side = run._Isolated("NoSuchBench")
+    with pytest.raises(RuntimeError, match="benchmark side NoSuchBench failed: KeyError"):
+        side.prepare()
+    assert side.proc is None  # its process was closed
 
 
 def test_classify_bench_quick_reports_both_sides(tmp_path):
