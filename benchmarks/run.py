@@ -371,10 +371,9 @@ class _Isolated(_Bench):
     """A side built, prepared and timed in its own spawned process, driven over a pipe.
 
     Each side keeps its own heap, threads and allocator state, as it would in a user's
-    run. In one shared process, the first jitted step after a torch step ran up to
-    1.6x slower than the next (shape B, 1.39 s alone against 2.1-2.3 s right after
-    torch), whatever the order; the parent only sends commands, and a side waits
-    blocked on its pipe while the other runs. Timings are taken inside the side.
+    run; the parent only sends commands, and a side waits blocked on its pipe while
+    another runs. Timings are taken inside the side. (Separate processes do not remove
+    the slower first step after the other side's window: `Timing.settle_steps` does.)
     """
 
     def __init__(self, cls_name: str, *args: Any, **kwargs: Any):
@@ -977,8 +976,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "- processes: each side (ours and torch training; each decoder) is built, warmed up "
         "and timed in its own spawned process, which waits while another side runs; the "
-        "parent only alternates their windows. Sharing one process slowed our first step "
-        "after each torch step by up to 1.6x.",
+        "parent only alternates their windows. Each training window starts with "
+        f"{report['results'][0]['timing'].get('settle_steps', 0)} untimed step(s) on both "
+        "sides: the first jitted step right after a torch window ran 1.6-2x slower than "
+        "the next (shape B), whether the sides shared a process or not.",
         "- ours: `transformer_jax.train.trainer.train_step` under `jax.jit` with the state "
         "donated; `translate_ids` (a jitted `while_loop` over the KV cache). Compilation is "
         "excluded (first_step_s / first_call_s in the JSON include it).",
