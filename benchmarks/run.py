@@ -467,9 +467,8 @@ class OursTrain(_Bench):
 
     label = "ours"
 
-    def __init__(self, shape: Shape, timing: Timing, seed: int = 0, params=None):
+    def __init__(self, shape: Shape, timing: Timing, seed: int = 0):
         self.shape, self.timing, self.seed = shape, timing, seed
-        self.init_params = params
         self.work_per_window = (
             shape.batch * (shape.src_len + shape.tgt_len) * timing.steps_per_window
         )
@@ -493,11 +492,7 @@ class OursTrain(_Bench):
             "targets": jnp.asarray(_random_ids(rng, shape.vocab, (shape.batch, shape.tgt_len))),
         }
         tx = make_optimizer(run_cfg.optimizer, cfg.d_model)
-        if self.init_params is None:
-            params = _our_params(shape, self.seed)
-        else:  # a copy: the donated train state must not consume the caller's arrays
-            params = jax.tree.map(jnp.copy, self.init_params)
-        self.init_params = None
+        params = _our_params(shape, self.seed)
         self.state = TrainState(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)
         )
@@ -545,9 +540,8 @@ class OursTrain(_Bench):
 class OursDecode(_Bench):
     """`translate_ids` (greedy or beam search over the KV cache), eos disabled."""
 
-    def __init__(self, shape: Shape, timing: Timing, beam_size: int, seed: int = 0, params=None):
+    def __init__(self, shape: Shape, timing: Timing, beam_size: int, seed: int = 0):
         self.shape, self.timing, self.beam_size, self.seed = shape, timing, beam_size, seed
-        self.params = params
         self.label = (
             f"ours beam-{beam_size} (KV cache)" if beam_size > 1 else "ours greedy (KV cache)"
         )
@@ -559,8 +553,7 @@ class OursDecode(_Bench):
         from transformer_jax.tasks.translation.decoding import translate_ids
 
         shape = self.shape
-        if self.params is None:
-            self.params = _our_params(shape, self.seed)
+        self.params = _our_params(shape, self.seed)
         rng = np.random.default_rng(self.seed + 1)
         self.src = jnp.asarray(
             _random_ids(rng, shape.vocab, (shape.decode_batch, shape.decode_src_len))
