@@ -87,7 +87,8 @@ def test_a_nonfinite_step_keeps_every_leaf_and_a_finite_one_moves_them():
 
 
 @pytest.mark.parametrize(
-    "poison", [None, "nan", "inf", "-inf", "inf_and_-inf", "large_float16", "float16_inf"]
+    "poison",
+    [None, "nan", "inf", "-inf", "inf_and_-inf", "large_float16", "float16_inf", "sum_overflows"],
 )
 def test_all_finite_agrees_with_numpy(poison):
     rng = np.random.default_rng(0)
@@ -109,5 +110,7 @@ def test_all_finite_agrees_with_numpy(poison):
         tree["h"][:] = 60000.0
     elif poison == "float16_inf":
         tree["h"][9] = np.inf
+    elif poison == "sum_overflows":  # finite, but even a float32 sum passes float32's range
+        tree["w"][:] = 3.0e38
     want = all(np.isfinite(v).all() for k, v in tree.items() if k != "count")
     assert bool(jax.jit(all_finite)(jax.tree.map(jnp.asarray, tree))) == want
