@@ -134,6 +134,21 @@ def test_generate_bench_quick_reports_both_sides(tmp_path):
     assert report["load_average_end"] is not None
 
 
+def test_beam_cache_bench_quick_reports_both_modes_with_the_same_beams(tmp_path):
+    from benchmarks import beam_cache_bench
+
+    report = beam_cache_bench.main(["--quick", "--out-dir", str(tmp_path)])
+
+    assert (tmp_path / "beam_cache_cpu_quick.json").exists()
+    assert "| gathered ms/step |" in (tmp_path / "beam_cache_cpu_quick.md").read_text()
+    assert [r["prompt"] for r in report["rows"]] == list(beam_cache_bench.QUICK.prompts)
+    for row in report["rows"]:
+        assert row["same_beams"], row
+        for mode in beam_cache_bench.MODES:
+            assert _positive(row[f"{mode}_call_s"]), (mode, row)
+        assert math.isfinite(row["speedup"]), row
+
+
 @pytest.mark.slow  # compiling the tiny multimodal train step takes minutes on 2 cores
 def test_multimodal_bench_quick_reports_training_and_describe(tmp_path):
     from benchmarks import multimodal_bench

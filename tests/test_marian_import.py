@@ -295,9 +295,11 @@ def test_greedy_matches_generate(marian):
 
 
 def test_beam_search_shortcuts_change_no_hypothesis(marian):
-    # translate_ids leaves the encoder memory of a row's beams un-gathered and reads the
-    # tied output table transposed; a plain beam search over the same model (every cache
-    # leaf gathered, logits from the table as stored) must find the same hypotheses.
+    # translate_ids leaves the encoder memory of a row's beams un-gathered, appends each
+    # beam's self-attention keys and values to its own row (read through an ancestry
+    # table) and reads the tied output table transposed; a plain beam search over the same
+    # model (every cache leaf gathered, logits from the table as stored) must find the
+    # same hypotheses.
     from transformer_jax.decode.search import beam_search
     from transformer_jax.tasks.translation.model import EncoderDecoder
 

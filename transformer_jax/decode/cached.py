@@ -25,14 +25,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from transformer_jax.decode.search import beam_search, greedy_search
-from transformer_jax.nn.attention import is_cross_cache
+from transformer_jax.decode.search import BeamCache, beam_search, greedy_search
+from transformer_jax.nn.attention import add_beam_rows, is_beam_read_cache
 
 PyTree = Any
 PrefillFn = Callable[..., tuple[jax.Array, PyTree]]
 StepFn = Callable[[PyTree, PyTree, jax.Array, jax.Array], tuple[jax.Array, PyTree]]
 
+# How the caches of this project's attention layers follow beam search: the encoder
+# memory is never copied, and steps append keys and values to their own row and read
+# them through an ancestry table (`nn.attention.add_beam_rows`), the only part gathered.
+MODEL_BEAM_CACHE = BeamCache(not_gathered=is_beam_read_cache, expand=add_beam_rows)
+
 __all__ = [
+    "MODEL_BEAM_CACHE",
     "Prefilled",
     "PromptLayout",
     "beam_generate",
@@ -193,11 +199,15 @@ def beam_generate(
     forced_eos: bool = False,
     banned_ids: Sequence[int] = (),
     repetition_penalty: float | jax.Array = 1.0,
+    beam_cache: BeamCache | None = MODEL_BEAM_CACHE,
 ) -> tuple[jax.Array, jax.Array]:
     """Beam search over padded prompts: ``(int32[B, K, max_new_tokens], float32[B, K])``.
 
     The prompts are prefilled once (batch ``B``), then the cache is copied to the beams;
-    scoring options are those of ``search.beam_search``.
+    scoring options are those of ``search.beam_search``. ``beam_cache`` says how the cache
+    follows the beams: by default as this project's attention layers lay it out (keys and
+    values never copied between beams, `MODEL_BEAM_CACHE`); ``None`` copies every leaf from
+    its source beam after each step, which any step function accepts.
     """
     first = prefill_prompts(
         prefill, params, cache, prompts_BT, prompt_mask_BT, prefix_lengths=prefix_lengths
@@ -220,7 +230,7 @@ def beam_generate(
         initial_logits=first.logits,
         repetition_penalty=repetition_penalty,
         seen=_seen(repetition_penalty, prompts_BT, prompt_mask_BT, first),
-        beam_invariant=is_cross_cache,
+        beam_cache=beam_cache,
     )
 
 

@@ -47,6 +47,7 @@ EARLY_STOPPING = ("false", "true", "never")
 __all__ = [
     "EARLY_STOPPING",
     "LENGTH_PENALTY_TYPES",
+    "BeamCache",
     "NEG_INF",
     "PAD_ID",
     "beam_search",
@@ -122,6 +123,25 @@ def gather_beams(
         return jnp.take_along_axis(x, index, axis=1, mode="clip")
 
     return jax.tree_util.tree_map_with_path(gather, tree)
+
+
+class BeamCache(NamedTuple):
+    """How a model's cache follows the beams (``beam_search(beam_cache=...)``).
+
+    By default every cache leaf is copied from its source beam after each step. A model
+    can do better:
+
+    * ``not_gathered(path)``: the leaf at this key path is never copied between beams,
+      either because it is the same in every beam of an example and never written (the
+      projected encoder memory), or because the model reads it through an ancestry table
+      of its own (keys and values a step only appends to);
+    * ``expand(cache, beam_size)``: called once on the cache expanded to ``B * K`` rows,
+      before the first step; it may add leaves (such as that ancestry table), which are
+      then gathered like any other.
+    """
+
+    not_gathered: Callable[[Any], bool]
+    expand: Callable[[PyTree, int], PyTree] | None = None
 
 
 def first_argmax(x: jax.Array) -> jax.Array:
@@ -480,6 +500,13 @@ class _BeamState(NamedTuple):
     seen: jax.Array | None = None  # bool[B, K, V]: tokens in the beam (repetition penalty)
 
 
+def _expanded_cache(cache: PyTree, beam_size: int, beam_cache: BeamCache | None) -> PyTree:
+    cache = flatten_beams(expand_to_beams(cache, beam_size))
+    if beam_cache is not None and beam_cache.expand is not None:
+        cache = beam_cache.expand(cache, beam_size)
+    return cache
+
+
 def beam_search(
     tokens_to_logits: StepFn,
     cache: PyTree,
@@ -498,7 +525,7 @@ def beam_search(
     initial_logits: jax.Array | None = None,
     repetition_penalty: float | jax.Array = 1.0,
     seen: jax.Array | None = None,
-    beam_invariant: Callable[[Any], bool] | None = None,
+    beam_cache: BeamCache | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Beam search with length penalty; returns ``(int32[B, K, L], float32[B, K])`` best first.
 
@@ -526,9 +553,9 @@ def beam_search(
     ``repetition_penalty`` (1.0: off) applies to the log-probabilities, as in ``transformers``'
     beam search, of tokens in the beam so far and those set in ``seen`` (``bool[B, V]``).
 
-    ``beam_invariant`` takes a cache leaf's key path and says whether that leaf is the same
-    in every beam of an example and never written by a step (cross-attention keys and
-    values): such leaves are not re-gathered after each step, saving their copy.
+    ``beam_cache`` (a `BeamCache`) says which cache leaves are never copied between beams
+    and may add leaves when the cache is expanded; by default every leaf is gathered
+    after each step.
     """
     if length_penalty_type not in LENGTH_PENALTY_TYPES:
         raise ValueError(
@@ -541,6 +568,7 @@ def beam_search(
     B, K, L = batch_size, beam_size, max_decode_len
     max_lengths = _resolve_max_lengths(max_lengths, B, L)
     positions = jnp.arange(L)[None, None, :]
+    not_gathered = beam_cache.not_gathered if beam_cache is not None else None
 
     def penalty(length: jax.Array) -> jax.Array:
         if hf:  # a length of 0 (nothing generated) only reaches the fallback below
@@ -606,7 +634,7 @@ def beam_search(
             alive_logp, alive_pos = lax.top_k(jnp.where(finishing, NEG_INF, top_logp), K)
         alive_src = jnp.take_along_axis(src_beam, alive_pos, axis=1)
         cache = unflatten_beams(new_cache, B)
-        cache = flatten_beams(gather_beams(cache, alive_src, beam_invariant))
+        cache = flatten_beams(gather_beams(cache, alive_src, not_gathered))
 
         # Finished pool: merge the new finished hypotheses with the old ones, keep the best K.
         new_flags = finishing & valid
@@ -657,7 +685,7 @@ def beam_search(
         fin_scores=jnp.full((B, K), NEG_INF, jnp.float32),
         fin_flags=jnp.zeros((B, K), bool),
         improvable=jnp.ones((B,), bool),
-        cache=flatten_beams(expand_to_beams(cache, K)),
+        cache=_expanded_cache(cache, K, beam_cache),
     )
     seen_BV = _initial_seen(
         repetition_penalty, seen, (B,), lambda: _vocab_size(tokens_to_logits, init, initial_logits)

@@ -121,8 +121,54 @@ CROSS_CACHE_NAMES = frozenset({"cross_key", "cross_value", "cross_segment_ids"})
 def is_cross_cache(path) -> bool:
     """Whether a cache leaf's key path (as `jax.tree_util` gives it) names cross-attention
     keys, values or segment ids: written once from the encoder memory, then only read, so
-    equal across the beams of an example (`search.beam_search(beam_invariant=...)`)."""
+    equal across the beams of an example."""
     return any(getattr(k, "key", None) in CROSS_CACHE_NAMES for k in path)
+
+
+# The self-attention cache in beam search: bool[B * R, S, R], where row j (beam j % R of
+# its example) is True at [j, s, r] when beam j's token in slot s sits in row r of the
+# example. Steps append keys and values to their own row only; the beam search gathers
+# this table instead of the keys and values (`add_beam_rows`).
+BEAM_ROWS = "beam_rows"
+SELF_CACHE_NAMES = frozenset({"cached_key", "cached_value"})
+
+
+def is_beam_read_cache(path) -> bool:
+    """Whether beam search leaves a cache leaf where it is once `add_beam_rows` has run:
+    cross-attention leaves (the same in every beam) and self-attention keys and values
+    (read through the `BEAM_ROWS` table)."""
+    names = {getattr(k, "key", None) for k in path}
+    return bool(names & CROSS_CACHE_NAMES) or bool(names & SELF_CACHE_NAMES)
+
+
+def add_beam_rows(cache, beam_size: int):
+    """The cache of ``B * beam_size`` rows made ready for beam-search steps that never
+    reorder keys and values: each self-attention's values are laid out [B, K, S * R, H]
+    and its keys [B, K, H, S * R] (slot s of row r at s * R + r: the R beams of an example
+    side by side, so one matmul per example and head reads them all, each in the layout
+    its matmul reads fastest, and a step's R new entries are adjacent, written in place
+    by one update), and a `BEAM_ROWS` table sits next to
+    them, every beam reading its own row (the state right after the prompt, the same in
+    every beam). From then on each step appends its keys and values to its own row and
+    attends through the table, so beam search reorders the table, [B * R, S, R] booleans,
+    instead of copying every layer's keys and values."""
+
+    def visit(node):
+        if not isinstance(node, Mapping):
+            return node
+        out = {name: visit(child) for name, child in node.items()}
+        if "cached_key" in node:
+            BR, K, S, H = node["cached_key"].shape
+            B, R = BR // beam_size, beam_size
+            key = node["cached_key"].reshape(B, R, K, S, H).transpose(0, 2, 4, 3, 1)
+            out["cached_key"] = key.reshape(B, K, H, S * R)
+            value = node["cached_value"].reshape(B, R, K, S, H).transpose(0, 2, 3, 1, 4)
+            out["cached_value"] = value.reshape(B, K, S * R, H)
+            own_RR = (jnp.arange(BR) % R)[:, None] == jnp.arange(R)[None, :]
+            out[BEAM_ROWS] = jnp.broadcast_to(own_RR[:, None, :], (BR, S, R))
+        return out
+
+    return visit(cache)
 
 
 def _write_slots(cache: jax.Array, new: jax.Array, index: jax.Array, axis: int) -> jax.Array:
@@ -160,6 +206,54 @@ def _attend_slots(q_BTNH, k_BKSH, v_BKSH, visible_BTS) -> jax.Array:
         preferred_element_type=jnp.float32,
     )
     return out_BTKGH.reshape(B, T, N, H).astype(q_BTNH.dtype)
+
+
+def _attend_beam_group(q_BTNH, k_BKHX, v_BKXH, visible_BTS, rows_BSR) -> jax.Array:
+    """One decoding step (T = 1) of R beams per example over keys [B, K, H, S * R] and
+    values [B, K, S * R, H] that are never reordered (`add_beam_rows`): each query beam attends
+    to every row of its example, and `rows_BSR` keeps, per slot, only the row that holds
+    its own ancestor's token. The arithmetic of `_attend_slots`, with one matmul per
+    example and key head over all its beams' slots."""
+    BR, T, N, H = q_BTNH.shape
+    if T != 1:
+        raise ValueError(f"beam-search steps take one token per beam, got {T}")
+    B, K, _, X = k_BKHX.shape
+    R = BR // B
+    G = N // K
+    # Queries [B, Q, K, G, H] -> [B, K, G*Q, H].
+    q_BKMH = q_BTNH.reshape(B, R, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * R, H)
+    s_BKMX = jnp.einsum("bkmh,bkhx->bkmx", q_BKMH, k_BKHX, preferred_element_type=jnp.float32)
+    s_BKGQX = (s_BKMX * (1.0 / math.sqrt(H))).reshape(B, K, G, R, X)
+    # mask[b, q, (s, r)]: beam q sees slot s, and its token there sits in row r.
+    mask_B11QX = (visible_BTS[:, 0, :, None] & rows_BSR).reshape(B, 1, 1, R, X)
+    s_BKGQX = jnp.where(mask_B11QX, s_BKGQX, _MASK_VALUE)
+    p_BKGQX = jnp.where(mask_B11QX, jax.nn.softmax(s_BKGQX, axis=-1), 0.0)
+    o_BKMH = jnp.einsum(
+        "bkmx,bkxh->bkmh",
+        p_BKGQX.reshape(B, K, G * R, X).astype(v_BKXH.dtype),
+        v_BKXH,
+        preferred_element_type=jnp.float32,
+    )
+    o_BQKGH = o_BKMH.reshape(B, K, G, R, H).transpose(0, 3, 1, 2, 4)
+    return o_BQKGH.reshape(BR, 1, N, H).astype(q_BTNH.dtype)
+
+
+def _beam_step(keys, values, k_BTKH, v_BTKH, i) -> None:
+    """Appends one token per beam ([B * R, 1, K, H]) to its own row of the beam-search
+    key cache [B, K, H, S * R] and value cache [B, K, S * R, H]: the R entries of slot
+    `i`, side by side."""
+    B = values.value.shape[0]
+    R, K, H = k_BTKH.shape[0] // B, k_BTKH.shape[2], k_BTKH.shape[3]
+    k_BKHR = k_BTKH.reshape(B, R, K, H).transpose(0, 2, 3, 1)
+    keys.value = _write_slots(keys.value, k_BKHR, i * R, axis=3)
+    v_BKRH = v_BTKH.reshape(B, R, K, H).transpose(0, 2, 1, 3)
+    values.value = _write_slots(values.value, v_BKRH, i * R, axis=2)
+
+
+def _own_rows(rows_BSR: jax.Array) -> jax.Array:
+    """bool[B * R, 1, R]: each row's own position within its example's beams."""
+    BR, _, R = rows_BSR.shape
+    return (jnp.arange(BR)[:, None] % R == jnp.arange(R)[None, :])[:, None, :]
 
 
 class MultiHeadAttention(nn.Module):
@@ -338,11 +432,19 @@ class MultiHeadAttention(nn.Module):
         # Writing past S_max would clamp (overwrite the last slots): callers size S_max.
         index_B = cidx.value
         i = index_B[0]
-        ck.value = _write_slots(ck.value, k_BTKH.transpose(0, 2, 1, 3), i, axis=2)
-        cv.value = _write_slots(cv.value, v_BTKH.transpose(0, 2, 1, 3), i, axis=2)
         cseg.value = _write_slots(cseg.value, q_seg_BT.astype(jnp.int32), i, axis=1)
         cpos.value = _write_slots(cpos.value, q_pos_BT.astype(jnp.int32), i, axis=1)
         cidx.value = index_B + T
+        if self.has_variable("cache", BEAM_ROWS):  # a beam-search step (`add_beam_rows`)
+            _beam_step(ck, cv, k_BTKH, v_BTKH, i)
+            rows = self.variable("cache", BEAM_ROWS)
+            rows.value = _write_slots(rows.value, _own_rows(rows.value), i, axis=1)
+            visible_BTS = _visible(
+                q_seg_BT, cseg.value, q_pos_BT.astype(jnp.int32), cpos.value, causal=True
+            )
+            return _attend_beam_group(q_BTNH, ck.value, cv.value, visible_BTS, rows.value)
+        ck.value = _write_slots(ck.value, k_BTKH.transpose(0, 2, 1, 3), i, axis=2)
+        cv.value = _write_slots(cv.value, v_BTKH.transpose(0, 2, 1, 3), i, axis=2)
         if T == 1 and q_prefix_BT is None and cfg.attention_impl in ("auto", "xla"):
             # A decoding step: attend over the cache in its own layout (no copy).
             visible_BTS = _visible(
@@ -381,13 +483,20 @@ class MultiHeadAttention(nn.Module):
         if is_init:
             # Creating the cache (shape pass): nothing to attend to yet.
             return jnp.zeros_like(q_BTNH)
-        S = ck.value.shape[2]
         # Write position = absolute position of the first new token (same for every row);
         # every cache leaf keeps batch as its leading axis, so beams gather uniformly.
         i = q_pos_BT[0, 0]
+        q_pos_BT = jnp.broadcast_to(i + jnp.arange(T, dtype=jnp.int32), (B, T))
+        if self.has_variable("cache", BEAM_ROWS):  # a beam-search step (`add_beam_rows`)
+            _beam_step(ck, cv, k_BTKH, v_BTKH, i)
+            rows = self.variable("cache", BEAM_ROWS)
+            rows.value = _write_slots(rows.value, _own_rows(rows.value), i, axis=1)
+            S = rows.value.shape[1]
+            visible_BTS = jnp.arange(S)[None, None, :] <= q_pos_BT[:, :, None]
+            return _attend_beam_group(q_BTNH, ck.value, cv.value, visible_BTS, rows.value)
+        S = ck.value.shape[2]
         ck.value = _write_slots(ck.value, _heads_first(k_BTKH), i, axis=2)
         cv.value = _write_slots(cv.value, _heads_first(v_BTKH), i, axis=2)
-        q_pos_BT = jnp.broadcast_to(i + jnp.arange(T, dtype=jnp.int32), (B, T))
         kv_pos_BS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
         if self._reads_cache_layout():
             visible_BTS = kv_pos_BS[:, None, :] <= q_pos_BT[:, :, None]

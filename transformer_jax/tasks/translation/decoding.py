@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from transformer_jax.decode.cached import MODEL_BEAM_CACHE
 from transformer_jax.decode.search import beam_search, greedy_search
-from transformer_jax.nn.attention import heads_split, is_cross_cache, with_fused_qkv
+from transformer_jax.nn.attention import heads_split, with_fused_qkv
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.tasks.translation.model import EncoderDecoder
 
@@ -147,7 +148,7 @@ def _translate_ids(
         early_stopping=early_stopping,
         forced_eos=forced_eos,
         banned_ids=banned_ids,
-        beam_invariant=is_cross_cache,
+        beam_cache=MODEL_BEAM_CACHE,
     )
     return seqs_BKL[:, 0, :]
 
