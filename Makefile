@@ -49,6 +49,7 @@ test-fast: install lint
 bench: install
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.attention_bench
+	$(BIN)/python -m benchmarks.beam_cache_bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
