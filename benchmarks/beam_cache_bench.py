@@ -3,7 +3,7 @@
     python -m benchmarks.beam_cache_bench          # d=512, 6 layers, prompts 128 and 1024
     python -m benchmarks.beam_cache_bench --quick  # smoke run: a 2-layer d=32 shape
 
-A decoder-only `CausalLM` (random weights, float32) decodes exactly `new_tokens` tokens
+A GPT-2-style `CausalLM` (`generate_bench.our_config`, random weights, float32) decodes exactly `new_tokens` tokens
 with beam 4 after a prompt, through `decode.cached.beam_generate` twice:
 
 - "table" (the default, `MODEL_BEAM_CACHE`): each step appends its keys and values to its
@@ -50,31 +50,24 @@ class Shape:
     new_tokens: int
     rounds: int
 
+    @property
+    def context(self) -> int:  # as `generate_bench.Shape` has it, for `our_config`
+        return max(self.prompts) + self.new_tokens
+
 
 FULL = Shape("d512", 8000, 512, 8, 2048, 6, 2, 4, (128, 1024), 24, 5)
 QUICK = Shape("quick", 64, 32, 4, 64, 2, 2, 3, (16,), 4, 2)
 
 
 def _model(shape: Shape, prompt: int):
+    """GPT-2-style (`generate_bench.our_config`) with random weights, sized for `prompt`."""
     import jax
     import jax.numpy as jnp
 
-    from transformer_jax.nn.config import TransformerConfig
+    from benchmarks.generate_bench import our_config
     from transformer_jax.nn.lm import CausalLM, cached_decoding_fns
 
-    cfg = TransformerConfig(
-        vocab_size=shape.vocab,
-        d_model=shape.d_model,
-        num_heads=shape.heads,
-        d_ff=shape.d_ff,
-        num_decoder_layers=shape.layers,
-        dropout_rate=0.0,
-        norm_position="pre",
-        scale_embeddings=False,
-        max_position=prompt + shape.new_tokens,
-        activation="gelu_tanh",
-        position_type="learned",
-    )
+    cfg = our_config(shape).replace(max_position=prompt + shape.new_tokens)
     model = CausalLM(cfg)
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     return params, cached_decoding_fns(model)
@@ -134,7 +127,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- {report['date']}, {report['cpu_model']} ({ext}), {report['cores']} cores, "
         f"load average {report['load_average_start']} at the start, "
         f"{report['load_average_end']} at the end",
-        f"- CausalLM d={s['d_model']}, {s['heads']} heads, ff {s['d_ff']}, {s['layers']} layers, "
+        f"- GPT-2-style CausalLM d={s['d_model']}, {s['heads']} heads, ff {s['d_ff']}, {s['layers']} layers, "
         f"vocab {s['vocab']}, float32; batch {s['batch']}, beam {s['beam']}, exactly "
         f"{s['new_tokens']} new tokens; minimum over {s['rounds']} alternating rounds",
         "",

@@ -164,8 +164,7 @@ def add_beam_rows(cache, beam_size: int):
             out["cached_key"] = key.reshape(B, K, H, S * R)
             value = node["cached_value"].reshape(B, R, K, S, H).transpose(0, 2, 3, 1, 4)
             out["cached_value"] = value.reshape(B, K, S * R, H)
-            own_RR = (jnp.arange(BR) % R)[:, None] == jnp.arange(R)[None, :]
-            out[BEAM_ROWS] = jnp.broadcast_to(own_RR[:, None, :], (BR, S, R))
+            out[BEAM_ROWS] = jnp.broadcast_to(_own_rows(BR, R), (BR, S, R))
         return out
 
     return visit(cache)
@@ -238,22 +237,24 @@ def _attend_beam_group(q_BTNH, k_BKHX, v_BKXH, visible_BTS, rows_BSR) -> jax.Arr
     return o_BQKGH.reshape(BR, 1, N, H).astype(q_BTNH.dtype)
 
 
-def _beam_step(keys, values, k_BTKH, v_BTKH, i) -> None:
+def _beam_step(keys, values, rows, k_BTKH, v_BTKH, i) -> None:
     """Appends one token per beam ([B * R, 1, K, H]) to its own row of the beam-search
-    key cache [B, K, H, S * R] and value cache [B, K, S * R, H]: the R entries of slot
-    `i`, side by side."""
+    key cache [B, K, H, S * R] and value cache [B, K, S * R, H] (the R entries of slot
+    `i`, side by side), and marks slot `i` of each beam's `BEAM_ROWS` entry as its own."""
     B = values.value.shape[0]
-    R, K, H = k_BTKH.shape[0] // B, k_BTKH.shape[2], k_BTKH.shape[3]
+    BR, _, K, H = k_BTKH.shape
+    R = BR // B
     k_BKHR = k_BTKH.reshape(B, R, K, H).transpose(0, 2, 3, 1)
     keys.value = _write_slots(keys.value, k_BKHR, i * R, axis=3)
     v_BKRH = v_BTKH.reshape(B, R, K, H).transpose(0, 2, 1, 3)
     values.value = _write_slots(values.value, v_BKRH, i * R, axis=2)
+    rows.value = _write_slots(rows.value, _own_rows(BR, R), i, axis=1)
 
 
-def _own_rows(rows_BSR: jax.Array) -> jax.Array:
-    """bool[B * R, 1, R]: each row's own position within its example's beams."""
-    BR, _, R = rows_BSR.shape
-    return (jnp.arange(BR)[:, None] % R == jnp.arange(R)[None, :])[:, None, :]
+def _own_rows(rows: int, beam_size: int) -> jax.Array:
+    """bool[rows, 1, R]: each flat row's own beam among its example's R beams."""
+    own_RR = jnp.arange(rows)[:, None] % beam_size == jnp.arange(beam_size)[None, :]
+    return own_RR[:, None, :]
 
 
 class MultiHeadAttention(nn.Module):
@@ -436,9 +437,8 @@ class MultiHeadAttention(nn.Module):
         cpos.value = _write_slots(cpos.value, q_pos_BT.astype(jnp.int32), i, axis=1)
         cidx.value = index_B + T
         if self.has_variable("cache", BEAM_ROWS):  # a beam-search step (`add_beam_rows`)
-            _beam_step(ck, cv, k_BTKH, v_BTKH, i)
             rows = self.variable("cache", BEAM_ROWS)
-            rows.value = _write_slots(rows.value, _own_rows(rows.value), i, axis=1)
+            _beam_step(ck, cv, rows, k_BTKH, v_BTKH, i)
             visible_BTS = _visible(
                 q_seg_BT, cseg.value, q_pos_BT.astype(jnp.int32), cpos.value, causal=True
             )
@@ -488,9 +488,8 @@ class MultiHeadAttention(nn.Module):
         i = q_pos_BT[0, 0]
         q_pos_BT = jnp.broadcast_to(i + jnp.arange(T, dtype=jnp.int32), (B, T))
         if self.has_variable("cache", BEAM_ROWS):  # a beam-search step (`add_beam_rows`)
-            _beam_step(ck, cv, k_BTKH, v_BTKH, i)
             rows = self.variable("cache", BEAM_ROWS)
-            rows.value = _write_slots(rows.value, _own_rows(rows.value), i, axis=1)
+            _beam_step(ck, cv, rows, k_BTKH, v_BTKH, i)
             S = rows.value.shape[1]
             visible_BTS = jnp.arange(S)[None, None, :] <= q_pos_BT[:, :, None]
             return _attend_beam_group(q_BTNH, ck.value, cv.value, visible_BTS, rows.value)
