@@ -65,6 +65,10 @@ def test_run_shape_reports_both_sides(tmp_path):
         assert row["output_shape"] == [MICRO.decode_batch, MICRO.decode_len], row
         assert _positive(row["ratio_vs_generate"])
         assert _positive(row["bound_ms_per_step"])
+        # One one-token call per timed window, after the warm-up's were dropped.
+        assert len(row["first_token_s"]) == len(row["window_s"]) == ONCE.decode_windows, row
+        assert all(_positive(t) for t in row["first_token_s"]), row
+        assert math.isfinite(row["ms_per_later_step"]), row
 
     report = {
         "date": "2000-01-01",
