@@ -28,7 +28,7 @@ most one eighth of the XLA reference's memory (from the memory analysis), and at
 it takes at most 1.5x the reference's time.
 
 Writes benchmarks/results/attention_cpu_<date>.json and attention_cpu_latest.md (quick
-runs: attention_cpu_quick.{json,md}).
+runs: attention_cpu_<date>_quick.json and attention_cpu_quick.md; see benchmarks/report.py).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import sys
 import time
 from typing import Any
 
+from benchmarks.report import write_results
 from benchmarks.run import RESULTS_DIR, _cpu_count, _cpu_flags, _cpu_model, _load_average
 
 SIDES = ("chunked", "xla", "jax.nn", "torch")
@@ -292,12 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     table = render_markdown(report)
     print(table)
     if not args.no_write:
-        os.makedirs(args.out_dir, exist_ok=True)
-        stem = "attention_cpu_quick" if args.quick else f"attention_cpu_{report['date']}"
-        md = "attention_cpu_quick.md" if args.quick else "attention_cpu_latest.md"
-        for name, text in ((stem + ".json", json.dumps(report, indent=2) + "\n"), (md, table)):
-            with open(os.path.join(args.out_dir, name), "w") as f:
-                f.write(text)
+        write_results(report, table, args.out_dir, "attention_cpu", quick=args.quick)
     return report
 
 

@@ -15,7 +15,8 @@ with beam 4 after a prompt, through `decode.cached.beam_generate` twice:
 Both run in this one process with the same weights, alternating call by call; the two
 must return the same beams. The time per step is (call - prefill) / new_tokens, where the
 prefill is timed on its own; every figure is the minimum over the rounds. Full runs write
-benchmarks/results/beam_cache_cpu_<date>.json and beam_cache_cpu_latest.md.
+benchmarks/results/beam_cache_cpu_<date>.json and beam_cache_cpu_latest.md
+(benchmarks/report.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import os
 import time
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.classify_bench import cpu_vector_extensions
+from benchmarks.report import write_results
 from benchmarks.run import RESULTS_DIR, _cpu_model, _load_average
 
 MODES = ("gathered", "table")
@@ -168,13 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     table = render_markdown(report)
-    os.makedirs(args.out_dir, exist_ok=True)
-    stem = "beam_cache_cpu_quick" if args.quick else f"beam_cache_cpu_{dt.date.today()}"
-    with open(os.path.join(args.out_dir, f"{stem}.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    md = "beam_cache_cpu_quick.md" if args.quick else "beam_cache_cpu_latest.md"
-    with open(os.path.join(args.out_dir, md), "w") as f:
-        f.write(table)
+    write_results(report, table, args.out_dir, "beam_cache_cpu", quick=args.quick)
     print(table)
     return report
 

@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import functools
-import json
 import math
 import os
 import statistics
@@ -42,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.report import write_results
 from benchmarks.run import RESULTS_DIR, _load_average, _set_torch_threads, _torch, machine_info
 
 PAD_ID = 0
@@ -675,21 +675,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], table: str, out_dir: str) -> tuple[str, str]:
-    os.makedirs(out_dir, exist_ok=True)
-    quick = report["quick"]
-    json_path = os.path.join(
-        out_dir, f"classify_cpu_{report['date']}{'_quick' if quick else ''}.json"
-    )
-    md_path = os.path.join(out_dir, "classify_cpu_quick.md" if quick else "classify_cpu_latest.md")
-    for path, text in ((json_path, json.dumps(report, indent=2) + "\n"), (md_path, table)):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    return json_path, md_path
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -732,7 +717,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = render_markdown(report)
     print(table)
     if not args.no_write:
-        paths = write_report(report, table, args.out_dir)
+        paths = write_results(report, table, args.out_dir, "classify_cpu", quick=report["quick"])
         print("wrote " + " and ".join(paths), file=sys.stderr)
     return report
 

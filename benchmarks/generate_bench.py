@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.classify_bench import cpu_vector_extensions
+from benchmarks.report import write_results
 from benchmarks.run import RESULTS_DIR, _load_average, _set_torch_threads, _torch, machine_info
 
 SIDES = ("ours", "theirs")
@@ -529,21 +530,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], table: str, out_dir: str) -> tuple[str, str]:
-    os.makedirs(out_dir, exist_ok=True)
-    quick = report["quick"]
-    json_path = os.path.join(
-        out_dir, f"generate_cpu_{report['date']}{'_quick' if quick else ''}.json"
-    )
-    md_path = os.path.join(out_dir, "generate_cpu_quick.md" if quick else "generate_cpu_latest.md")
-    for path, text in ((json_path, json.dumps(report, indent=2) + "\n"), (md_path, table)):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    return json_path, md_path
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: a 2-layer d=64 shape")
@@ -604,7 +590,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     table = render_markdown(report)
     print(table)
     if not args.no_write:
-        paths = write_report(report, table, args.out_dir)
+        paths = write_results(report, table, args.out_dir, "generate_cpu", quick=report["quick"])
         print("wrote " + " and ".join(paths), file=sys.stderr)
     return report
 

@@ -29,6 +29,8 @@ import sys
 import tempfile
 from typing import Any
 
+from benchmarks.report import write_results
+
 MODES = ("real", "constant")
 OVERRIDES = [
     "model.d_model=256",
@@ -144,10 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         "goal": "real within 5% of constant (ratio >= 0.95)",
         "met": ratio >= 0.95,
     }
-    os.makedirs(args.out, exist_ok=True)
-    stamp = result["date"] + ("" if args.steps >= 200 and args.rounds >= 2 else "_quick")
-    with open(os.path.join(args.out, f"input_cpu_{stamp}.json"), "w") as f:
-        json.dump(result, f, indent=2)
     lines = [
         "# Input pipeline: real batches vs a constant batch (shape S, `tjax train`'s loop)",
         "",
@@ -161,9 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"real / constant = **{ratio:.3f}** (goal >= 0.95: {'met' if ratio >= 0.95 else 'missed'})",
     ]
-    name = "input_cpu_latest.md" if not stamp.endswith("_quick") else "input_cpu_quick.md"
-    with open(os.path.join(args.out, name), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    quick = args.steps < 200 or args.rounds < 2
+    write_results(result, "\n".join(lines) + "\n", args.out, "input_cpu", quick=quick)
     print("\n".join(lines))
     return 0
 

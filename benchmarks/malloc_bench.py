@@ -33,6 +33,8 @@ import tempfile
 import time
 from typing import Any
 
+from benchmarks.report import write_results
+
 MIB = 1 << 20
 # glibc ignores an mmap_threshold above HEAP_MAX_SIZE / 2, i.e. 32 MiB on 64-bit Linux.
 SETTINGS: dict[str, str | None] = {
@@ -315,16 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     print(table)
     if not args.no_write:
         out_dir = args.out_dir or RESULTS_DIR
-        os.makedirs(out_dir, exist_ok=True)
-        suffix = "_quick" if args.quick else ""
-        paths = (
-            os.path.join(out_dir, f"malloc_cpu_{report['date']}{suffix}.json"),
-            os.path.join(out_dir, f"malloc_cpu{'_quick' if args.quick else '_latest'}.md"),
-        )
-        for path, text in zip(paths, (json.dumps(report, indent=2) + "\n", table)):
-            with open(path + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
+        paths = write_results(report, table, out_dir, "malloc_cpu", quick=args.quick)
         print("wrote " + " and ".join(paths), file=sys.stderr)
     return report
 

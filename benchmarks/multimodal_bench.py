@@ -22,8 +22,8 @@ one never produced); the tokens before the tokenizer's eos are reported too.
 Compilation and warm-up are excluded; every figure is a median over timed windows.
 There is no peer to run side by side: no transformers model has this architecture.
 
-Full runs write benchmarks/results/multimodal_cpu_latest.{json,md}; --quick writes only
-under --out (nothing without it).
+Full runs write benchmarks/results/multimodal_cpu_<date>.json and multimodal_cpu_latest.md
+(benchmarks/report.py); --quick writes only under --out (nothing without it).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import functools
-import json
 import math
 import os
 import statistics
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.classify_bench import _Bench, _interleave, cpu_vector_extensions
+from benchmarks.report import write_results
 from benchmarks.run import RESULTS_DIR, _load_average, machine_info
 
 TINY_CONFIG = "multimodal_tiny"
@@ -610,18 +610,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], table: str, out_dir: str) -> tuple[str, str]:
-    os.makedirs(out_dir, exist_ok=True)
-    stem = "multimodal_cpu_quick" if report["quick"] else "multimodal_cpu_latest"
-    paths = (os.path.join(out_dir, stem + ".json"), os.path.join(out_dir, stem + ".md"))
-    for path, text in zip(paths, (json.dumps(report, indent=2) + "\n", table), strict=True):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    return paths
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: the tiny model only")
@@ -686,7 +674,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table)
     out = args.out if args.quick else (args.out or RESULTS_DIR)
     if out:
-        paths = write_report(report, table, out)
+        paths = write_results(report, table, out, "multimodal_cpu", quick=report["quick"])
         print("wrote " + " and ".join(paths), file=sys.stderr)
     return report
 

@@ -22,7 +22,8 @@ settings `tjax` uses; their windows alternate (A B C, C B A, ...) so that load f
 other processes hits them alike.
 
 Full runs write benchmarks/results/cpu_<date>.json and cpu_latest.md; quick runs
-write cpu_<date>_quick.json and cpu_quick.md so they never replace a full run.
+write cpu_<date>_quick.json and cpu_quick.md so they never replace a full run, and a
+second full run on one day adds the time of day to its JSON (benchmarks/report.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import functools
-import json
 import math
 import os
 import platform
@@ -43,6 +43,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from benchmarks.report import write_results
 
 PAD_ID, REAL_EOS_ID, START_ID = 0, 1, 2
 # An id no model can emit: with it as eos every decode runs to max_decode_len.
@@ -1034,19 +1036,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], table: str, out_dir: str) -> tuple[str, str]:
-    os.makedirs(out_dir, exist_ok=True)
-    suffix = "_quick" if report["quick"] else ""
-    json_path = os.path.join(out_dir, f"cpu_{report['date']}{suffix}.json")
-    md_path = os.path.join(out_dir, "cpu_quick.md" if report["quick"] else "cpu_latest.md")
-    for path, text in ((json_path, json.dumps(report, indent=2) + "\n"), (md_path, table)):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    return json_path, md_path
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     if argv is None:  # `python -m benchmarks.run`: the malloc settings `tjax` runs with
         from transformer_jax.malloc_env import reexec_with_tuned_malloc
@@ -1097,7 +1086,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = render_markdown(report)
     print(table)
     if not args.no_write:
-        paths = write_report(report, table, args.out_dir)
+        paths = write_results(report, table, args.out_dir, "cpu", quick=report["quick"])
         print("wrote " + " and ".join(paths), file=sys.stderr)
     return report
 

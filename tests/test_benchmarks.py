@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import pytest
 pytest.importorskip("torch")
 
 from benchmarks import run  # noqa: E402
+from benchmarks.report import write_results  # noqa: E402
 
 MICRO = run.Shape(
     name="micro",
@@ -81,8 +83,36 @@ def test_run_shape_reports_both_sides(tmp_path):
     }
     table = run.render_markdown(report)
     assert "| micro |" in table and "ours/torch" in table and "vs generate()" in table
-    json_path, md_path = run.write_report(report, table, str(tmp_path))
+    json_path, md_path = write_results(report, table, str(tmp_path), "cpu", quick=True)
     assert json_path.endswith("cpu_2000-01-01_quick.json") and md_path.endswith("cpu_quick.md")
+    assert json.loads(open(json_path).read())["results"][0]["decode"] == result["decode"]
+
+
+def test_a_second_full_run_on_one_day_keeps_the_first(tmp_path):
+    def write(value, hour, minute, *, quick=False):
+        now = datetime.datetime(2000, 1, 1, hour, minute)
+        report = {"date": "2000-01-01", "value": value}
+        return write_results(report, f"table {value}", str(tmp_path), "x_cpu", quick=quick, now=now)
+
+    first, md = write(1, 9, 5)
+    second, _ = write(2, 14, 30)
+    third, _ = write(3, 14, 30)
+    quick1, quick_md = write(4, 15, 0, quick=True)
+    quick2, _ = write(5, 15, 1, quick=True)
+    names = [os.path.basename(p) for p in (first, second, third, quick1, quick2)]
+    assert names == [
+        "x_cpu_2000-01-01.json",
+        "x_cpu_2000-01-01_1430.json",
+        "x_cpu_2000-01-01_1430_2.json",
+        "x_cpu_2000-01-01_quick.json",
+        "x_cpu_2000-01-01_quick.json",  # smoke runs replace their own file
+    ]
+    values = [json.loads(open(p).read())["value"] for p in (first, second, third)]
+    assert values == [1, 2, 3]
+    assert json.loads(open(quick2).read())["value"] == 5
+    # The full run's table is the latest full run's; a quick run writes its own.
+    assert open(md).read() == "table 3\n" and open(quick_md).read() == "table 5\n"
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_a_side_that_fails_in_its_process_names_itself():
@@ -143,7 +173,8 @@ def test_beam_cache_bench_quick_reports_both_modes_with_the_same_beams(tmp_path)
 
     report = beam_cache_bench.main(["--quick", "--out-dir", str(tmp_path)])
 
-    assert (tmp_path / "beam_cache_cpu_quick.json").exists()
+    [json_path] = tmp_path.glob("beam_cache_cpu_*_quick.json")
+    assert json.loads(json_path.read_text())["rows"]
     assert "| gathered ms/step |" in (tmp_path / "beam_cache_cpu_quick.md").read_text()
     assert [r["prompt"] for r in report["rows"]] == list(beam_cache_bench.QUICK.prompts)
     for row in report["rows"]:
@@ -160,8 +191,12 @@ def test_multimodal_bench_quick_reports_training_and_describe(tmp_path):
     multimodal_bench.main(["--quick", "--out", str(tmp_path)])
 
     assert "| examples/s |" in (tmp_path / "multimodal_cpu_quick.md").read_text()
-    assert not (tmp_path / "multimodal_cpu_latest.json").exists()
-    report = json.loads((tmp_path / "multimodal_cpu_quick.json").read_text())
+    [json_path] = tmp_path.glob("multimodal_cpu_*.json")  # the quick run's alone
+    assert (
+        json_path.name.endswith("_quick.json")
+        and not (tmp_path / "multimodal_cpu_latest.md").exists()
+    )
+    report = json.loads(json_path.read_text())
     [case] = multimodal_bench.QUICK.train
     [row] = report["train"]
     assert (row["label"], row["batch"]) == (case.name, case.batch), row
