@@ -12,8 +12,10 @@ import pytest
 
 from transformer_jax.decode import cached
 from transformer_jax.decode.search import PAD_ID
+from transformer_jax.nn.attention import FUSED_QKV
 from transformer_jax.nn.config import TransformerConfig
-from transformer_jax.nn.lm import CausalLM, cached_decoding_fns
+from transformer_jax.nn.embed import TRANSPOSED_TABLE
+from transformer_jax.nn.lm import CausalLM, cached_decoding_fns, decoding_params
 
 V = 48
 PROMPTS = [[5, 9, 17, 3, 22, 8, 30], [11, 4], [7, 7, 19, 40], [33]]
@@ -328,3 +330,43 @@ def test_beam_search_over_padded_prompts() -> None:
             buf[0, len(p) + i] = tok
         np.testing.assert_allclose(scores[b, 0], logp / ((5.0 + n) / 6.0) ** 0.6, rtol=1e-4)
     assert any(eos_id in np.asarray(seqs[b, 0]) for b in range(len(PROMPTS)))
+
+
+@pytest.mark.parametrize(("style", "overrides"), [("gpt", {}), ("llama", {"scan_layers": True})])
+def test_decoding_params_decode_as_the_plain_params(style, overrides) -> None:
+    cfg = config(style, **overrides)
+    params = init_params(cfg, seed=2)
+    laid = decoding_params(cfg, params)
+
+    # The copies: the tied table transposed, each self-attention's kernels joined.
+    if cfg.tie_output:
+        table = np.asarray(params["embed"]["embedding"])
+        np.testing.assert_array_equal(laid["embed"][TRANSPOSED_TABLE], table.T)
+    else:
+        assert TRANSPOSED_TABLE not in laid["embed"]
+    fused = [
+        path
+        for path, _ in jax.tree_util.tree_leaves_with_path(laid)
+        if FUSED_QKV in jax.tree_util.keystr(path) and "kernel" in jax.tree_util.keystr(path)
+    ]
+    assert len(fused) == (1 if cfg.scan_layers else cfg.num_decoder_layers), fused
+
+    ids, mask = padded(PROMPTS, "left", pad_token=13)
+    want = [recompute_greedy(cfg, params, p, NEW, eos_id=-1) for p in PROMPTS]
+    np.testing.assert_array_equal(run_cached(cfg, laid, ids, mask, eos_id=-1), np.array(want))
+    plain = np.asarray(_prefill_fn(cfg)(params, jnp.asarray(ids), jnp.asarray(mask)).logits)
+    got = np.asarray(_prefill_fn(cfg)(laid, jnp.asarray(ids), jnp.asarray(mask)).logits)
+    np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-4)
+
+    # Decoding reads the copies, not the originals: spoiling a copy changes the logits.
+    spoiled = [
+        jax.tree_util.tree_map_with_path(
+            lambda p, x: x * 0 if FUSED_QKV in jax.tree_util.keystr(p) else x, laid
+        )
+    ]
+    if cfg.tie_output:
+        table_DV = laid["embed"][TRANSPOSED_TABLE]
+        spoiled.append(dict(laid, embed=dict(laid["embed"], **{TRANSPOSED_TABLE: table_DV * 0})))
+    for bad in spoiled:
+        out = np.asarray(_prefill_fn(cfg)(bad, jnp.asarray(ids), jnp.asarray(mask)).logits)
+        assert not np.allclose(out, plain, atol=1e-2)

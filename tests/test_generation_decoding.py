@@ -449,3 +449,20 @@ def test_repetition_penalty_matches_transformers_generate(num_beams) -> None:
             )[0, len(prompt) :].tolist()  # fmt: skip
         n = out.index(EOS) + 1 if EOS in out else len(out)
         assert got[0] == out[:n]
+
+
+def test_new_params_replace_the_laid_out_copy() -> None:
+    """The generator lays its weights out for decoding once, and again for new ones."""
+    cfg = config("gpt")
+    first, second = init_params(cfg, seed=0), init_params(cfg, seed=1)
+    gen = Generator(cfg, first, batch_size=4)
+    want = {
+        name: [[recompute_greedy(cfg, p, prompt, NEW, cfg.eos_id)] for prompt in PROMPTS]
+        for name, p in (("first", first), ("second", second))
+    }
+    assert want["first"] != want["second"]
+    assert gen.generate_ids(PROMPTS, max_new_tokens=NEW) == want["first"]
+    laid = gen._decoding_params()
+    assert gen._decoding_params() is laid  # kept between calls
+    gen.params = second
+    assert gen.generate_ids(PROMPTS, max_new_tokens=NEW) == want["second"]

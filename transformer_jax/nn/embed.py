@@ -12,6 +12,23 @@ from transformer_jax.nn.positions import sinusoid_table
 __all__ = ["Embed", "TokenTypeEmbed", "add_positions", "output_projection", "sinusoid_table"]
 
 
+# A decoding copy of a tied output table, [D, V], beside its "embedding" [V, D]
+# (`with_transposed_table`): `Embed.attend` multiplies by it when it is there.
+TRANSPOSED_TABLE = "embedding_DV"
+
+
+def with_transposed_table(params, path: tuple[str, ...]):
+    """`params` with the table of the `Embed` at `path` also transposed, under
+    `TRANSPOSED_TABLE` beside it (made outside the decoding program: see `Embed.attend`)."""
+    out = dict(params)
+    node = out
+    for name in path:
+        node[name] = dict(node[name])
+        node = node[name]
+    node[TRANSPOSED_TABLE] = jnp.asarray(node["embedding"]).T
+    return out
+
+
 class Embed(nn.Module):
     """A [vocab, d_model] table; `attend` gives the tied pre-softmax logits."""
 
@@ -34,7 +51,11 @@ class Embed(nn.Module):
 
     def attend(self, x_BLD: jax.Array, table_DV: jax.Array | None = None) -> jax.Array:
         """Logits against the table; `table_DV` is the table transposed ahead of time (see
-        `transposed`), which a CPU multiplies by a few rows faster than the table itself."""
+        `transposed`), which a CPU multiplies by a few rows faster than the table itself.
+        Without it, such a copy beside the table in the params (`TRANSPOSED_TABLE`, laid
+        out for decoding) is used where there is one."""
+        if table_DV is None and self.has_variable("params", TRANSPOSED_TABLE):
+            table_DV = self.get_variable("params", TRANSPOSED_TABLE)
         if table_DV is not None:
             return jnp.einsum("bld,dv->blv", x_BLD, jnp.asarray(table_DV, self.config.dtype))
         table_VD = jnp.asarray(self.embedding, self.config.dtype)

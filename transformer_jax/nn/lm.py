@@ -7,20 +7,25 @@ optional bidirectional prefix (`prefix_BT`) makes it a prefix-LM (PaliGemma styl
 Decoding (`config.decode=True`) uses the decoder's slot cache: `init_cache` creates it,
 `forward_cached` appends tokens of any count with their own positions and segment ids
 (0 = padding, never attended). `cached_decoding_fns` binds these to the model-agnostic
-callables of `transformer_jax.decode.cached`.
+callables of `transformer_jax.decode.cached`; `decoding_params` lays the weights out for
+them once, before any number of calls.
 """
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from transformer_jax.nn.attention import heads_split, with_fused_qkv
 from transformer_jax.nn.config import TransformerConfig
-from transformer_jax.nn.embed import Embed, output_projection
+from transformer_jax.nn.embed import Embed, output_projection, with_transposed_table
 from transformer_jax.nn.positions import AddPositions
 from transformer_jax.nn.transformer import Decoder, default_positions, segments_from_ids
 
-__all__ = ["CausalLM", "cached_decoding_fns"]
+__all__ = ["CausalLM", "cached_decoding_fns", "decoding_params"]
 
 
 class CausalLM(nn.Module):
@@ -131,3 +136,42 @@ def cached_decoding_fns(model: CausalLM):
         return prefill(params, cache, tokens_B1, positions_B1, None)
 
     return init_cache, prefill, step
+
+
+def decoding_params(config: TransformerConfig, params):
+    """`params` laid out for `cached_decoding_fns`, by a program of its own, once per set
+    of weights: each self-attention's query, key and value kernels also joined into one
+    (`nn.attention.with_fused_qkv`; not where they are split over devices by heads), and
+    a tied output table also transposed to [D, V] (`nn.embed.with_transposed_table`).
+    A decoding step multiplies a few rows by each. On a CPU, one matmul over the joined
+    kernels takes about two thirds of the time of the three, and a [D, V] table at 2-32
+    rows 0.7-0.9x the time of the [V, D] table read transposed at width 512, 0.9-1.0x at
+    width 768. Made inside the decoding program instead, XLA would fold both back into
+    the matmuls or repeat them every step. The copies take memory beside the originals,
+    which stay (the token lookup reads the table as it is): the attention kernels once
+    more, and the table.
+
+    Only where the params live on the CPU: elsewhere they are returned as they are (no
+    gain measured there, and the copies would take accelerator memory). On a 2-core Zen
+    4, GPT-2 small's decoding step went from 38.8 to 35.4 ms at batch 8 and from 19.3 to
+    18.9 ms at batch 1."""
+    if _platforms(params) != {"cpu"}:
+        return params
+    return _lay_out(params, config=config, join_qkv=not heads_split(params))
+
+
+def _platforms(params) -> set[str]:
+    """Where the leaves live (host arrays: where jit would place them)."""
+    out: set[str] = set()
+    for x in jax.tree.leaves(params):
+        if isinstance(x, jax.Array):
+            out |= {d.platform for d in x.devices()}
+        else:
+            out.add(jax.default_backend())
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("config", "join_qkv"))
+def _lay_out(params, *, config: TransformerConfig, join_qkv: bool):
+    out = with_fused_qkv(params) if join_qkv else dict(params)
+    return with_transposed_table(out, ("embed",)) if config.tie_output else out
