@@ -350,6 +350,10 @@ def test_decoding_params_decode_as_the_plain_params(style, overrides) -> None:
         if FUSED_QKV in jax.tree_util.keystr(path) and "kernel" in jax.tree_util.keystr(path)
     ]
     assert len(fused) == (1 if cfg.scan_layers else cfg.num_decoder_layers), fused
+    # The originals are kept as they are (the same arrays), the copies added beside them.
+    originals = jax.tree_util.tree_leaves_with_path(params)
+    kept = dict(jax.tree_util.tree_leaves_with_path(laid))
+    assert all(kept[path] is leaf for path, leaf in originals)
 
     ids, mask = padded(PROMPTS, "left", pad_token=13)
     want = [recompute_greedy(cfg, params, p, NEW, eos_id=-1) for p in PROMPTS]

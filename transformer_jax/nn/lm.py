@@ -13,8 +13,6 @@ them once, before any number of calls.
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -139,8 +137,8 @@ def cached_decoding_fns(model: CausalLM):
 
 
 def decoding_params(config: TransformerConfig, params):
-    """`params` laid out for `cached_decoding_fns`, by a program of its own, once per set
-    of weights: each self-attention's query, key and value kernels also joined into one
+    """`params` laid out for `cached_decoding_fns`, outside the decoding program, once
+    per set of weights: each self-attention's query, key and value kernels also joined into one
     (`nn.attention.with_fused_qkv`; not where they are split over devices by heads), and
     a tied output table also transposed to [D, V] (`nn.embed.with_transposed_table`).
     A decoding step multiplies a few rows by each. On a CPU, one matmul over the joined
@@ -157,7 +155,10 @@ def decoding_params(config: TransformerConfig, params):
     18.9 ms at batch 1."""
     if _platforms(params) != {"cpu"}:
         return params
-    return _lay_out(params, config=config, join_qkv=not heads_split(params))
+    # Op by op, not jitted: a jitted program would return a copy of every leaf it passes
+    # through, where this keeps the originals and adds the copies alone.
+    out = dict(params) if heads_split(params) else with_fused_qkv(params)
+    return with_transposed_table(out, ("embed",)) if config.tie_output else out
 
 
 def _platforms(params) -> set[str]:
@@ -169,9 +170,3 @@ def _platforms(params) -> set[str]:
         else:
             out.add(jax.default_backend())
     return out
-
-
-@functools.partial(jax.jit, static_argnames=("config", "join_qkv"))
-def _lay_out(params, *, config: TransformerConfig, join_qkv: bool):
-    out = with_fused_qkv(params) if join_qkv else dict(params)
-    return with_transposed_table(out, ("embed",)) if config.tie_output else out

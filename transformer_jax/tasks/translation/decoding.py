@@ -27,10 +27,10 @@ def translate_ids(params, inputs_BS, max_lengths_B, *, config: TransformerConfig
     `length_penalty` and `early_stopping` as Hugging Face's `generate()` does. With
     `forced_eos` a row's last allowed token is eos; `banned_ids` are never generated.
 
-    The weights are first laid out for decoding by their own program (`_decoding_weights`):
-    each self-attention's query, key and value kernels joined into one
-    (`nn.attention.with_fused_qkv`; not where they are split over devices by heads), and
-    a tied output table transposed to [D, V]. Handed to the decoding program as
+    The weights are first laid out for decoding, outside the decoding program
+    (`_decoding_weights`): each self-attention's query, key and value kernels joined
+    into one (`nn.attention.with_fused_qkv`; not where they are split over devices by
+    heads), and a tied output table transposed to [D, V]. Handed to the decoding program as
     arguments, they keep that layout: a step multiplies a few rows by each, and on a CPU
     one matmul over the joined kernels takes about two thirds of the time of the three,
     and the [D, V] table about 1/1.7 of the time of the [V, D] table read transposed (XLA
@@ -62,8 +62,9 @@ def _decoding_weights(params, config: TransformerConfig):
     return weights
 
 
-@functools.partial(jax.jit, static_argnames=("config", "join_qkv"))
 def _lay_out_weights(params, *, config: TransformerConfig, join_qkv: bool):
+    # Op by op, not jitted: a jitted program would return a copy of every leaf it passes
+    # through, where this keeps the originals and adds the copies alone.
     table_DV = None
     if config.tie_output:
         model = EncoderDecoder(config.replace(deterministic=True))
