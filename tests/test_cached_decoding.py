@@ -374,3 +374,15 @@ def test_decoding_params_decode_as_the_plain_params(style, overrides) -> None:
     for bad in spoiled:
         out = np.asarray(_prefill_fn(cfg)(bad, jnp.asarray(ids), jnp.asarray(mask)).logits)
         assert not np.allclose(out, plain, atol=1e-2)
+
+
+def test_decoding_params_take_logically_partitioned_params() -> None:
+    """What `init` returns (boxed leaves) is laid out as its arrays are."""
+    cfg = config("gpt")
+    boxed = CausalLM(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731
+    assert any(is_box(x) for x in jax.tree.leaves(boxed, is_leaf=is_box))
+    laid = decoding_params(cfg, boxed)
+    table = np.asarray(nn.unbox(boxed)["embed"]["embedding"])
+    np.testing.assert_array_equal(laid["embed"][TRANSPOSED_TABLE], table.T)
+    assert not any(is_box(x) for x in jax.tree.leaves(laid, is_leaf=is_box))

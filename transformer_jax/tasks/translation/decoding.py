@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import weakref
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,6 +54,7 @@ def _decoding_weights(params, config: TransformerConfig):
         if cfg == config and len(refs) == len(leaves):
             if all(r() is x for r, x in zip(refs, leaves)):
                 return weights
+    params = nn.unbox(params)  # the arrays of logically partitioned leaves, as apply reads them
     weights = _lay_out_weights(params, config=config, join_qkv=not heads_split(params))
     if not all(isinstance(x, jax.Array) for x in leaves):
         return weights  # NumPy leaves can change in place: nothing to key kept weights on
