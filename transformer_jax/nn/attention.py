@@ -77,12 +77,15 @@ def with_fused_qkv(params):
     one) under `FUSED_QKV`: decode-mode self-attention then projects a step's tokens with
     one matmul instead of three. Training never reads it.
 
-    For decoding loops, made before the loop (by its own program: XLA repeats a join made
-    inside the loop every step). A step multiplies a few rows by each kernel, and on a
-    CPU one matmul over the joined kernel takes about two thirds of the time of the three.
-    Cross-attention modules get a joined kernel too, which decoding does not read (their
-    keys and values are cached).
+    For decoding loops, made before the loop (outside the loop's program: XLA repeats a
+    join made inside the loop every step). A step multiplies a few rows by each kernel,
+    and on a CPU one matmul over the joined kernel takes about two thirds of the time of
+    the three. Cross-attention modules get a joined kernel too, which decoding does not
+    read (their keys and values are cached). Where the kernels are split over devices by
+    heads (`heads_split`), nothing is joined: the params come back as they are.
     """
+    if heads_split(params):
+        return params
 
     def visit(node):
         if not isinstance(node, Mapping):

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from transformer_jax.nn.attention import heads_split, with_fused_qkv
+from transformer_jax.nn.attention import with_fused_qkv
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.nn.embed import Embed, output_projection, with_transposed_table
 from transformer_jax.nn.positions import AddPositions
@@ -158,7 +158,7 @@ def decoding_params(config: TransformerConfig, params):
         return params
     # Op by op, not jitted: a jitted program would return a copy of every leaf it passes
     # through, where this keeps the originals and adds the copies alone.
-    out = dict(params) if heads_split(params) else with_fused_qkv(params)
+    out = with_fused_qkv(params)
     return with_transposed_table(out, ("embed",)) if config.tie_output else out
 
 

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from transformer_jax.decode.cached import MODEL_BEAM_CACHE
 from transformer_jax.decode.search import beam_search, greedy_search
-from transformer_jax.nn.attention import heads_split, with_fused_qkv
+from transformer_jax.nn.attention import with_fused_qkv
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.tasks.translation.model import EncoderDecoder
 
@@ -55,7 +55,7 @@ def _decoding_weights(params, config: TransformerConfig):
             if all(r() is x for r, x in zip(refs, leaves)):
                 return weights
     params = nn.unbox(params)  # the arrays of logically partitioned leaves, as apply reads them
-    weights = _lay_out_weights(params, config=config, join_qkv=not heads_split(params))
+    weights = _lay_out_weights(params, config=config)
     if not all(isinstance(x, jax.Array) for x in leaves):
         return weights  # NumPy leaves can change in place: nothing to key kept weights on
     refs = [weakref.ref(x) for x in leaves]
@@ -64,14 +64,14 @@ def _decoding_weights(params, config: TransformerConfig):
     return weights
 
 
-def _lay_out_weights(params, *, config: TransformerConfig, join_qkv: bool):
+def _lay_out_weights(params, *, config: TransformerConfig):
     # Op by op, not jitted: a jitted program would return a copy of every leaf it passes
     # through, where this keeps the originals and adds the copies alone.
     table_DV = None
     if config.tie_output:
         model = EncoderDecoder(config.replace(deterministic=True))
         table_DV = model.apply({"params": params}, method=EncoderDecoder.output_table)
-    return {"params": with_fused_qkv(params) if join_qkv else params, "table_DV": table_DV}
+    return {"params": with_fused_qkv(params), "table_DV": table_DV}
 
 
 @functools.partial(
