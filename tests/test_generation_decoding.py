@@ -454,7 +454,8 @@ def test_repetition_penalty_matches_transformers_generate(num_beams) -> None:
 def test_new_params_replace_the_laid_out_copy() -> None:
     """The generator lays its weights out for decoding once, and again for new ones."""
     cfg = config("gpt")
-    first, second = init_params(cfg, seed=0), init_params(cfg, seed=1)
+    # Device arrays, as loaded params are (NumPy ones can change in place: never kept).
+    first, second = (jax.tree.map(jnp.asarray, init_params(cfg, seed=s)) for s in (0, 1))
     gen = Generator(cfg, first, batch_size=4)
     want = {
         name: [[recompute_greedy(cfg, p, prompt, NEW, cfg.eos_id)] for prompt in PROMPTS]

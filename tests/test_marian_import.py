@@ -339,29 +339,34 @@ def test_beam_search_shortcuts_change_no_hypothesis(marian):
 
 
 def test_decoding_weights_are_reused_only_for_the_same_parameters(marian):
+    import flax.linen as nn
+
+    from transformer_jax.nn.attention import FUSED_QKV
+    from transformer_jax.nn.embed import TRANSPOSED_TABLE
     from transformer_jax.tasks.translation import decoding
 
     _, _, _, workdir = marian
     loaded = load_for_inference(workdir)
     cfg, params = loaded.model_config, loaded.params
-    first = decoding._decoding_weights(params, cfg)
-    assert decoding._decoding_weights(params, cfg) is first
+    assert cfg.share_embeddings and cfg.tie_output
+    first = decoding._DECODING_LAYOUT(params, cfg)
+    assert decoding._DECODING_LAYOUT(params, cfg) is first
     other = jax.tree.map(lambda x: x * 2.0, params)
-    weights = decoding._decoding_weights(other, cfg)
-    table = np.asarray(weights["table_DV"])
-    embedding = [x for p, x in jax.tree_util.tree_leaves_with_path(other) if "embed" in str(p)]
-    assert any(
-        x.shape == table.T.shape and np.array_equal(np.asarray(x).T, table) for x in embedding
-    )
-    assert not np.array_equal(table, np.asarray(first["table_DV"]))
-    # Each attention's query, key and value (Marian's have biases) joined along the heads.
+    weights = decoding._DECODING_LAYOUT(other, cfg)
+    assert weights is not first
+    table = np.asarray(weights["embed"][TRANSPOSED_TABLE])
+    np.testing.assert_array_equal(table, np.asarray(nn.unbox(other)["embed"]["embedding"]).T)
+    assert not np.array_equal(table, np.asarray(first["embed"][TRANSPOSED_TABLE]))
+    # Each decoder attention's query, key and value (Marian's have biases) joined along the
+    # heads; the encoder's are not (it never decodes step by step).
     joined = [
-        (path, x) for path, x in jax.tree_util.tree_leaves_with_path(weights["params"])
-        if "fused_qkv" in jax.tree_util.keystr(path)
+        (path, x) for path, x in jax.tree_util.tree_leaves_with_path(weights)
+        if FUSED_QKV in jax.tree_util.keystr(path)
     ]  # fmt: skip
     assert {jax.tree_util.keystr(p[-1:]) for p, _ in joined} == {"['kernel']", "['bias']"}
+    assert {p[0].key for p, _ in joined} == {"decoder"}
     for path, x in joined:
-        module = weights["params"]
+        module = weights
         for key in path[:-2]:
             module = module[key.key]
         field = path[-1].key

@@ -177,6 +177,38 @@ def test_cached_greedy_answers_equal_full_recomputation(fusion, video_mode):
             seq.append(nxt)
 
 
+@pytest.mark.parametrize("fusion", ["prefix", "cross"])
+def test_answers_over_the_decoding_layout_equal_the_plain_params(fusion):
+    """The pipeline answers over its weights laid out for decoding (joined q/k/v in the
+    text decoder): the same answers, and the joined kernels are what decoding reads."""
+    from transformer_jax.nn.attention import FUSED_QKV
+    from transformer_jax.tasks.multimodal.pipeline import _decoding_params
+
+    config = small_config(fusion)
+    rng = np.random.default_rng(2)
+    B, Lp, N = 2, 5, 6
+    media = _clean(
+        random_media(
+            rng, B, config, num_images=[2, 1], audio_samples=[0, 3200], num_frames=[4, 0]
+        ),
+        config,
+    )  # fmt: skip
+    prompts, pmask, _ = text_rows(rng, B, Lp, [0, 0], [4, 2])
+    model = MultimodalModel(config)
+    params = model.init(jax.random.key(2), prompts, pmask, pmask.sum(1), media)["params"]
+    params = jax.tree.map(lambda x: x * 3.0, nn.unbox(params))  # decisive greedy choices
+    laid = _decoding_params(params, config)
+    joined = [p for p, _ in jax.tree_util.tree_leaves_with_path(laid) if FUSED_QKV in str(p)]
+    assert joined and {p[0].key for p in joined} == {"decoder"}
+    run = jax.jit(lambda p, m, t, k: answer(model, p, m, t, k, max_new_tokens=N))
+    plain = np.asarray(run(params, media, prompts, pmask))
+    np.testing.assert_array_equal(np.asarray(run(laid, media, prompts, pmask)), plain)
+    spoiled = jax.tree_util.tree_map_with_path(
+        lambda p, x: x * 0 if FUSED_QKV in str(p) else x, laid
+    )
+    assert not np.array_equal(np.asarray(run(spoiled, media, prompts, pmask)), plain)
+
+
 def test_loss_weights_cover_the_answer_and_eos_only():
     tokens = np.asarray([[2, 7, 8, 9, 10, 1, 0, 0]], np.int32)
     mask = (tokens != 0).astype(np.int32)

@@ -17,15 +17,16 @@ __all__ = ["Embed", "TokenTypeEmbed", "add_positions", "output_projection", "sin
 TRANSPOSED_TABLE = "embedding_DV"
 
 
-def with_transposed_table(params, path: tuple[str, ...]):
-    """`params` with the table of the `Embed` at `path` also transposed, under
-    `TRANSPOSED_TABLE` beside it (made outside the decoding program: see `Embed.attend`)."""
+def with_transposed_table(params, path: tuple[str, ...], dtype=None):
+    """`params` with the table of the `Embed` at `path` also transposed (and cast to
+    `dtype`, if given), under `TRANSPOSED_TABLE` beside it. Made outside the decoding
+    program (`nn.layout.for_decoding`), where `Embed.attend` reads it."""
     out = dict(params)
     node = out
     for name in path:
         node[name] = dict(node[name])
         node = node[name]
-    node[TRANSPOSED_TABLE] = jnp.asarray(node["embedding"]).T
+    node[TRANSPOSED_TABLE] = jnp.asarray(node["embedding"], dtype).T
     return out
 
 
@@ -49,24 +50,18 @@ class Embed(nn.Module):
         table_VD = jnp.asarray(self.embedding, self.config.dtype)
         return jnp.take(table_VD, ids_BL, axis=0)
 
-    def attend(self, x_BLD: jax.Array, table_DV: jax.Array | None = None) -> jax.Array:
-        """Logits against the table; `table_DV` is the table transposed ahead of time (see
-        `transposed`), which a CPU multiplies by a few rows faster than the table itself.
-        Without it, such a copy beside the table in the params (`TRANSPOSED_TABLE`, laid
-        out for decoding) is used where there is one."""
-        if table_DV is None and self.has_variable("params", TRANSPOSED_TABLE):
+    def attend(self, x_BLD: jax.Array) -> jax.Array:
+        """Logits against the table. Where the params hold the table transposed beside it
+        (`TRANSPOSED_TABLE`, laid out for decoding), that copy is read instead: a CPU
+        multiplies a few rows by it faster than by the table itself."""
+        if self.has_variable("params", TRANSPOSED_TABLE):
             table_DV = self.get_variable("params", TRANSPOSED_TABLE)
-        if table_DV is not None:
             return jnp.einsum("bld,dv->blv", x_BLD, jnp.asarray(table_DV, self.config.dtype))
         table_VD = jnp.asarray(self.embedding, self.config.dtype)
         tokens = x_BLD.size // x_BLD.shape[-1]
         if jax.default_backend() == "cpu" and tokens >= 2 * table_VD.shape[1]:
             return _tied_logits(x_BLD, table_VD)
         return jnp.einsum("bld,vd->blv", x_BLD, table_VD)
-
-    def transposed(self) -> jax.Array:
-        """The table as [D, V], made once before a decoding loop and passed to `attend`."""
-        return jnp.asarray(self.embedding, self.config.dtype).T
 
 
 @jax.custom_vjp

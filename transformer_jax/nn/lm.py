@@ -14,12 +14,11 @@ them once, before any number of calls.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from transformer_jax.nn.attention import with_fused_qkv
 from transformer_jax.nn.config import TransformerConfig
-from transformer_jax.nn.embed import Embed, output_projection, with_transposed_table
+from transformer_jax.nn.embed import Embed, output_projection
+from transformer_jax.nn.layout import for_decoding
 from transformer_jax.nn.positions import AddPositions
 from transformer_jax.nn.transformer import Decoder, default_positions, segments_from_ids
 
@@ -137,37 +136,10 @@ def cached_decoding_fns(model: CausalLM):
 
 
 def decoding_params(config: TransformerConfig, params):
-    """`params` laid out for `cached_decoding_fns`, outside the decoding program, once
-    per set of weights: each self-attention's query, key and value kernels also joined into one
-    (`nn.attention.with_fused_qkv`; not where they are split over devices by heads), and
-    a tied output table also transposed to [D, V] (`nn.embed.with_transposed_table`).
-    A decoding step multiplies a few rows by each. On a CPU, one matmul over the joined
-    kernels takes about two thirds of the time of the three, and a [D, V] table at 2-32
-    rows 0.7-0.9x the time of the [V, D] table read transposed at width 512, 0.9-1.0x at
-    width 768. Made inside the decoding program instead, XLA would fold both back into
-    the matmuls or repeat them every step. The copies take memory beside the originals,
-    which stay (the token lookup reads the table as it is): the attention kernels once
-    more, and the table.
-
-    Only where the params live on the CPU: elsewhere they are returned as they are (no
-    gain measured there, and the copies would take accelerator memory). On a 2-core Zen
-    4, GPT-2 small's decoding step went from 38.8 to 35.4 ms at batch 8 and from 19.3 to
-    18.9 ms at batch 1."""
-    params = nn.unbox(params)  # the arrays of logically partitioned leaves, as apply reads them
-    if _platforms(params) != {"cpu"}:
-        return params
-    # Op by op, not jitted: a jitted program would return a copy of every leaf it passes
-    # through, where this keeps the originals and adds the copies alone.
-    out = with_fused_qkv(params)
-    return with_transposed_table(out, ("embed",)) if config.tie_output else out
-
-
-def _platforms(params) -> set[str]:
-    """Where the leaves live (host arrays: where jit would place them)."""
-    out: set[str] = set()
-    for x in jax.tree.leaves(params):
-        if isinstance(x, jax.Array):
-            out |= {d.platform for d in x.devices()}
-        else:
-            out.add(jax.default_backend())
-    return out
+    """`params` laid out for `cached_decoding_fns`, outside the decoding program, once per
+    set of weights (`nn.layout.for_decoding`): joined q/k/v kernels and, for a tied
+    output, the table as [D, V]. On the CPU only. On a 2-core Zen 4, GPT-2 small's
+    decoding step went from 38.8 to 35.4 ms at batch 8 and from 19.3 to 18.9 ms at
+    batch 1."""
+    tied = [("embed",)] if config.tie_output else []
+    return for_decoding(params, tied_tables=tied, table_dtype=config.dtype)

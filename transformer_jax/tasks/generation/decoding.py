@@ -27,6 +27,7 @@ import numpy as np
 from transformer_jax.decode import cached
 from transformer_jax.decode.search import LENGTH_PENALTY_TYPES
 from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.layout import KeptLayout
 from transformer_jax.nn.lm import CausalLM, cached_decoding_fns, decoding_params
 from transformer_jax.train.metrics import report
 from transformer_jax.train.task import InputError
@@ -155,7 +156,8 @@ class Generator:
         self.traces = 0  # programs traced (= compiled) so far, for tests and logs
         self._fns = cached_decoding_fns(CausalLM(config))
         self._programs: dict[_Program, Any] = {}
-        self._laid_out: tuple[Any, Any] | None = None  # (params, decoding_params of them)
+        # The layout of the last params decoded with.
+        self._layout = KeptLayout(lambda params, config: decoding_params(config, params))
 
     # ---- prompts ---------------------------------------------------------------------------
 
@@ -286,10 +288,7 @@ class Generator:
     def _decoding_params(self):
         """`self.params` laid out for decoding (`nn.lm.decoding_params`), made once and
         kept until `self.params` is replaced."""
-        if self._laid_out is None or self._laid_out[0] is not self.params:
-            self._laid_out = None  # the old copy is released before the new one is made
-            self._laid_out = (self.params, decoding_params(self.config, self.params))
-        return self._laid_out[1]
+        return self._layout(self.params, self.config)
 
     def _cut(self, seq: np.ndarray) -> list[int]:
         """Tokens up to and including the first eos (the rest is padding)."""

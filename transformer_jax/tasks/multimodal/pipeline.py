@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from transformer_jax.nn.layout import KeptLayout, for_decoding
 from transformer_jax.tasks.generation.text import lm_specials
 from transformer_jax.tasks.multimodal.config import MultimodalConfig
 from transformer_jax.tasks.multimodal.data import EncodeExample, stack_rows
@@ -29,6 +30,13 @@ from transformer_jax.train.metrics import report
 from transformer_jax.train.task import InputError
 
 _KNOWN_KEYS = ("text", "images", "audio", "video")
+
+
+def _decoding_params(params, config: MultimodalConfig):
+    """The weights laid out for answering (`nn.layout.for_decoding`)."""
+    t = config.text
+    tied = [("embed",)] if t.tie_output else []
+    return for_decoding(params, tied_tables=tied, table_dtype=t.dtype)
 
 
 def _bucket(rows: int, batch_size: int) -> int:
@@ -61,6 +69,7 @@ class ImageTextToTextPipeline:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.eos_id = lm_specials(tokenizer).eos_id
         self._programs: dict[int, Any] = {}
+        self._layout = KeptLayout(_decoding_params)  # of the last params answered with
 
     @classmethod
     def from_loaded(cls, loaded, **settings) -> ImageTextToTextPipeline:
@@ -153,6 +162,7 @@ class ImageTextToTextPipeline:
     def answer_examples(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         """Greedy answers of canonical examples (prompt + media), in order."""
         out: list[str] = []
+        params = self._layout(self.params, self.config)
         report("answering", 0, len(examples))  # shown by an active Progress (evaluations)
         for start in range(0, len(examples), self.batch_size):
             chunk = examples[start : start + self.batch_size]
@@ -164,7 +174,7 @@ class ImageTextToTextPipeline:
             batch = stack_rows(rows, _bucket(len(rows), self.batch_size))
             media = {k: jnp.asarray(batch[k]) for k in batch if k not in _TEXT_KEYS}
             ids = self._program(len(batch["tokens"]))(
-                self.params, media, batch["tokens"], batch["text_mask"]
+                params, media, batch["tokens"], batch["text_mask"]
             )
             for seq in np.asarray(jax.device_get(ids))[: len(chunk)]:
                 out.append(self._detok(seq))

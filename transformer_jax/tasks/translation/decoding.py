@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import weakref
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +11,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from transformer_jax.decode.cached import MODEL_BEAM_CACHE
 from transformer_jax.decode.search import beam_search, greedy_search
-from transformer_jax.nn.attention import with_fused_qkv
 from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.layout import KeptLayout, for_decoding
 from transformer_jax.tasks.translation.model import EncoderDecoder
 
 
@@ -28,50 +26,23 @@ def translate_ids(params, inputs_BS, max_lengths_B, *, config: TransformerConfig
     `length_penalty` and `early_stopping` as Hugging Face's `generate()` does. With
     `forced_eos` a row's last allowed token is eos; `banned_ids` are never generated.
 
-    The weights are first laid out for decoding, outside the decoding program
-    (`_decoding_weights`): each self-attention's query, key and value kernels joined
-    into one (`nn.attention.with_fused_qkv`; not where they are split over devices by
-    heads), and a tied output table transposed to [D, V]. Handed to the decoding program as
-    arguments, they keep that layout: a step multiplies a few rows by each, and on a CPU
-    one matmul over the joined kernels takes about two thirds of the time of the three,
-    and the [D, V] table about 1/1.7 of the time of the [V, D] table read transposed (XLA
-    folds a transpose or join made inside the program back into the matmuls, or repeats
-    it every step). Laying them out costs about as much as that saves over one call, so
-    the weights laid out for the last parameters seen are kept, while those parameters
-    live, for the next call with the same parameter arrays.
+    The weights are first laid out for decoding, outside the decoding program, where
+    they live on the CPU (`nn.layout.for_decoding`): joined q/k/v kernels and a tied
+    output table as [D, V]. Laying them out costs about as much as it saves over one
+    call, so the layout of the last parameters seen is kept, while those parameters live,
+    for the next call with the same parameter arrays.
     """
-    weights = _decoding_weights(params, config)
-    return _translate_ids(weights, inputs_BS, max_lengths_B, config=config, **settings)
+    params = _DECODING_LAYOUT(params, config)
+    return _translate_ids(params, inputs_BS, max_lengths_B, config=config, **settings)
 
 
-_last_weights: list = []  # [(weak references to the parameter leaves, config, weights)]
+def _lay_out(params, config: TransformerConfig):
+    target_embed = "embed" if config.share_embeddings else "target_embed"
+    tied = [(target_embed,)] if config.tie_output else []
+    return for_decoding(params, tied_tables=tied, table_dtype=config.dtype)
 
 
-def _decoding_weights(params, config: TransformerConfig):
-    leaves = jax.tree.leaves(params)
-    if _last_weights:
-        refs, cfg, weights = _last_weights[0]
-        if cfg == config and len(refs) == len(leaves):
-            if all(r() is x for r, x in zip(refs, leaves)):
-                return weights
-    params = nn.unbox(params)  # the arrays of logically partitioned leaves, as apply reads them
-    weights = _lay_out_weights(params, config=config)
-    if not all(isinstance(x, jax.Array) for x in leaves):
-        return weights  # NumPy leaves can change in place: nothing to key kept weights on
-    refs = [weakref.ref(x) for x in leaves]
-    _last_weights[:] = [(refs, config, weights)]
-    weakref.finalize(leaves[0], _last_weights.clear)  # not kept past the parameters
-    return weights
-
-
-def _lay_out_weights(params, *, config: TransformerConfig):
-    # Op by op, not jitted: a jitted program would return a copy of every leaf it passes
-    # through, where this keeps the originals and adds the copies alone.
-    table_DV = None
-    if config.tie_output:
-        model = EncoderDecoder(config.replace(deterministic=True))
-        table_DV = model.apply({"params": params}, method=EncoderDecoder.output_table)
-    return {"params": with_fused_qkv(params), "table_DV": table_DV}
+_DECODING_LAYOUT = KeptLayout(_lay_out)
 
 
 @functools.partial(
@@ -89,7 +60,7 @@ def _lay_out_weights(params, *, config: TransformerConfig):
     ),
 )
 def _translate_ids(
-    weights,
+    params,
     inputs_BS,
     max_lengths_B,
     *,
@@ -105,7 +76,6 @@ def _translate_ids(
 ):
     model = EncoderDecoder(config.replace(decode=True, deterministic=True))
     B = inputs_BS.shape[0]
-    params, table_DV = weights["params"], weights["table_DV"]
     _, variables = model.apply(
         {"params": params},
         inputs_BS,
@@ -119,7 +89,6 @@ def _translate_ids(
         logits_BV, new_vars = model.apply(
             {"params": params, "cache": cache},
             ids_B1,
-            table_DV,
             method=EncoderDecoder.decode_step,
             mutable=["cache"],
         )

@@ -103,10 +103,10 @@ class EncoderDecoder(nn.Module):
         x_BSD = self._embed(self.source_embed, inputs_BS, pos_BS)
         return self.encoder(x_BSD, seg_BS, pos_BS)
 
-    def logits(self, y_BTD, table_DV=None):
+    def logits(self, y_BTD):
         cfg = self.config
         if cfg.tie_output:
-            logits_BTV = self.target_embed.attend(y_BTD, table_DV)
+            logits_BTV = self.target_embed.attend(y_BTD)
         else:
             logits_BTV = self.logits_dense(y_BTD)
         if cfg.final_logits_bias:
@@ -174,20 +174,15 @@ class EncoderDecoder(nn.Module):
         )
         return encoded_BSD
 
-    def output_table(self):
-        """The tied output table as [D, V] (None when untied), for `decode_step`."""
-        return self.target_embed.transposed() if self.config.tie_output else None
-
-    def decode_step(self, ids_BT, table_DV=None):
-        """Next-token logits [B, V] for T new tokens given the cache (mutable=['cache']);
-        `table_DV` is `output_table()`, made once before the decoding loop."""
+    def decode_step(self, ids_BT):
+        """Next-token logits [B, V] for T new tokens given the cache (mutable=['cache'])."""
         position = self.position
         B, T = ids_BT.shape
         pos_BT = jnp.broadcast_to(position.value + jnp.arange(T, dtype=jnp.int32), (B, T))
         position.value = position.value + T
         y_BTD = self._embed(self.target_embed, ids_BT, pos_BT)
         y_BTD = self.decoder(y_BTD, None, jnp.ones((B, T), jnp.int32), pos_BT, None)
-        return self.logits(y_BTD[:, -1:, :], table_DV)[:, 0, :]
+        return self.logits(y_BTD[:, -1:, :])[:, 0, :]
 
 
 def count_params(params) -> int:

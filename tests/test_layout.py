@@ -1,0 +1,90 @@
+"""The decoding layout (`nn.layout`): what is added, what is kept, and for how long."""
+
+from __future__ import annotations
+
+import gc
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transformer_jax.nn.attention import FUSED_QKV
+from transformer_jax.nn.embed import TRANSPOSED_TABLE
+from transformer_jax.nn.layout import KeptLayout, for_decoding
+
+
+def _params(seed: int, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+
+    def attention():
+        return {
+            name: {"kernel": jnp.asarray(rng.standard_normal((8, 2, 4)), dtype)}
+            for name in ("query", "key", "value", "out")
+        }
+
+    return {
+        "embed": {"embedding": jnp.asarray(rng.standard_normal((11, 8)), dtype)},
+        "encoder": {"layer_0": {"self_attention": attention()}},
+        "decoder": {"layer_0": {"self_attention": attention()}},
+    }
+
+
+def test_for_decoding_adds_copies_beside_the_originals() -> None:
+    params = _params(0)
+    laid = for_decoding(params, tied_tables=[("embed",)], table_dtype=jnp.bfloat16)
+    table = laid["embed"][TRANSPOSED_TABLE]
+    assert table.dtype == jnp.bfloat16
+    want = np.asarray(params["embed"]["embedding"]).T.astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(table), want)
+    attn = laid["decoder"]["layer_0"]["self_attention"]
+    parts = [np.asarray(attn[n]["kernel"]) for n in ("query", "key", "value")]
+    np.testing.assert_array_equal(attn[FUSED_QKV]["kernel"], np.concatenate(parts, axis=-2))
+    assert FUSED_QKV not in laid["encoder"]["layer_0"]["self_attention"]  # never decodes
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        got = laid
+        for key in path:
+            got = got[key.key]
+        assert got is leaf  # the originals, not copies of them
+
+
+def test_for_decoding_lays_nothing_out_inside_a_program() -> None:
+    params = _params(0)
+    seen = []
+    jax.jit(lambda p: seen.append(for_decoding(p, tied_tables=[("embed",)])) or 0)(params)
+    assert jax.tree.structure(seen[0]) == jax.tree.structure(params)
+
+
+def test_kept_layout_reuses_only_for_the_same_arrays_and_releases_with_them() -> None:
+    calls = []
+
+    def make(params, scale):
+        calls.append(scale)
+        return jax.tree.map(lambda x: x * scale, params)
+
+    kept = KeptLayout(make)
+    first = _params(0)
+    a = kept(first, 2.0)
+    assert kept(first, 2.0) is a and calls == [2.0]
+    assert kept(first, 3.0) is not a and calls == [2.0, 3.0]  # another key
+    # The same values in new arrays are new params (they could differ later).
+    second = jax.tree.map(jnp.array, first)
+    b = kept(second, 3.0)
+    assert b is not a and calls == [2.0, 3.0, 3.0]
+    # The first params dying does not drop what was kept for the second.
+    del first, a
+    gc.collect()
+    assert kept(second, 3.0) is b and len(calls) == 3
+    # The second params dying does.
+    del second, b
+    gc.collect()
+    assert kept._kept is None
+
+
+def test_kept_layout_never_keeps_numpy_params() -> None:
+    calls = []
+    kept = KeptLayout(lambda params: calls.append(1) or params)
+    host = jax.tree.map(np.array, _params(0))
+    kept(host)
+    host["embed"]["embedding"][0, 0] += 1.0  # changed in place: the same arrays
+    kept(host)
+    assert len(calls) == 2
