@@ -10,8 +10,8 @@ matmuls cheaper on a CPU:
   width 768.
 Made inside the decoding program instead, XLA folds both back into the matmuls or
 repeats them every step. So `for_decoding` makes them beforehand and the program takes
-them as arguments. `KeptLayout` keeps the copies of the last weights it saw, while
-those weights live, so that calls after the first reuse them.
+them as arguments. `KeptLayout` keeps the copies of the last weights it saw, so that
+calls after the first reuse them.
 
 Every decoding path (translation, generation, multimodal answers) lays its weights out
 here. The layout applies where the params live on the CPU only. Elsewhere they come back
@@ -80,10 +80,14 @@ def _platforms(params) -> set[str]:
 
 class KeptLayout:
     """`make(params, *key)`, kept for the last params seen (compared leaf by leaf, by
-    identity) and key, while those params live: a later call with the same arrays
-    returns the same copies. New params replace the kept copies (released before the
-    new ones are made). Params whose leaves are not all `jax.Array`s (NumPy arrays can
-    change in place) are laid out on every call and not kept."""
+    identity) and key: a later call with the same arrays returns the same copies. New
+    params replace the kept copies (released before the new ones are made). Params whose
+    leaves are not all `jax.Array`s (NumPy arrays can change in place) are laid out on
+    every call and not kept.
+
+    A layout that holds the original arrays (as `for_decoding`'s does) keeps the params
+    alive with it, until other params replace them or `clear` is called; the finalizer
+    releases the copies only when the layout does not hold the params' first leaf."""
 
     def __init__(self, make: Callable[..., Any]) -> None:
         self._make = make
@@ -103,7 +107,8 @@ class KeptLayout:
             isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) for x in leaves
         ):
             refs = [weakref.ref(x) for x in leaves]
-            # Released with the params (the finalizer holds this object weakly).
+            # Released with the params, unless `laid` holds them (the finalizer holds
+            # this object weakly).
             done = weakref.finalize(leaves[0], _clear_if_alive, weakref.ref(self))
             self._kept = (refs, key, laid, done)
         return laid
