@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,12 @@ def test_for_decoding_lays_nothing_out_inside_a_program() -> None:
     assert jax.tree.structure(seen[0]) == jax.tree.structure(params)
 
 
+def _same_arrays(a, b) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    same_tree = jax.tree.structure(a) == jax.tree.structure(b)
+    return same_tree and len(la) == len(lb) and all(x is y for x, y in zip(la, lb))
+
+
 def test_kept_layout_reuses_only_for_the_same_arrays_and_releases_with_them() -> None:
     calls = []
 
@@ -64,20 +71,47 @@ def test_kept_layout_reuses_only_for_the_same_arrays_and_releases_with_them() ->
     kept = KeptLayout(make)
     first = _params(0)
     a = kept(first, 2.0)
-    assert kept(first, 2.0) is a and calls == [2.0]
-    assert kept(first, 3.0) is not a and calls == [2.0, 3.0]  # another key
+    assert _same_arrays(kept(first, 2.0), a) and calls == [2.0]
+    assert not _same_arrays(kept(first, 3.0), a) and calls == [2.0, 3.0]  # another key
     # The same values in new arrays are new params (they could differ later).
     second = jax.tree.map(jnp.array, first)
     b = kept(second, 3.0)
-    assert b is not a and calls == [2.0, 3.0, 3.0]
+    assert not _same_arrays(b, a) and calls == [2.0, 3.0, 3.0]
     # The first params dying does not drop what was kept for the second.
     del first, a
     gc.collect()
-    assert kept(second, 3.0) is b and len(calls) == 3
+    assert _same_arrays(kept(second, 3.0), b) and len(calls) == 3
     # The second params dying does.
     del second, b
     gc.collect()
     assert kept._kept is None
+
+
+def test_kept_layout_holds_only_the_copies_not_the_params() -> None:
+    """A layout over the params' own arrays (as `for_decoding`'s is) is rebuilt from the
+    caller's params on each call: the kept copies are the same, the params are not held,
+    and the copies go when the params die."""
+    calls = []
+
+    def make(params):
+        calls.append(1)
+        return for_decoding(params, tied_tables=[("embed",)])
+
+    kept = KeptLayout(make)
+    params = _params(0)
+    laid = kept(params)
+    again = kept(params)
+    assert len(calls) == 1
+    assert again["embed"][TRANSPOSED_TABLE] is laid["embed"][TRANSPOSED_TABLE]
+    assert again["embed"]["embedding"] is params["embed"]["embedding"]
+    fused = again["decoder"]["layer_0"]["self_attention"][FUSED_QKV]["kernel"]
+    assert fused is laid["decoder"]["layer_0"]["self_attention"][FUSED_QKV]["kernel"]
+    probe = weakref.ref(params["embed"]["embedding"])
+    table = weakref.ref(laid["embed"][TRANSPOSED_TABLE])
+    del params, laid, again, fused
+    gc.collect()
+    assert probe() is None  # not held by the kept layout
+    assert kept._kept is None and table() is None  # the copies released with the params
 
 
 def test_kept_layout_never_keeps_numpy_params() -> None:

@@ -80,43 +80,50 @@ def _platforms(params) -> set[str]:
 
 class KeptLayout:
     """`make(params, *key)`, kept for the last params seen (compared leaf by leaf, by
-    identity) and key: a later call with the same arrays returns the same copies. New
-    params replace the kept copies (released before the new ones are made). Params whose
-    leaves are not all `jax.Array`s (NumPy arrays can change in place) are laid out on
-    every call and not kept.
+    identity) and key: a later call with the same arrays returns a layout over the same
+    arrays, its copies made once. New params replace the kept copies (released before
+    the new ones are made). Params whose leaves are not all `jax.Array`s (NumPy arrays
+    can change in place) are laid out on every call and not kept.
 
-    A layout that holds the original arrays (as `for_decoding`'s does) keeps the params
-    alive with it, until other params replace them or `clear` is called; the finalizer
-    releases the copies only when the layout does not hold the params' first leaf."""
+    Only what `make` added is kept: the leaves it passed through are the params' own,
+    taken again from the caller's params on each call. So the params are not held here,
+    and the copies are released when the params die."""
 
     def __init__(self, make: Callable[..., Any]) -> None:
         self._make = make
-        self._kept: tuple | None = None  # (weak refs to the leaves, key, laid out, finalizer)
+        # (weak refs to the leaves, key, treedef of the layout, its leaves as (own,
+        # index of the params' own leaf, copy), finalizer)
+        self._kept: tuple | None = None
 
     def __call__(self, params, *key):
         leaves = jax.tree.leaves(params)
         kept = self._kept
         if kept is not None:
-            refs, kept_key, laid, _ = kept
+            refs, kept_key, treedef, parts, _ = kept
             if kept_key == key and len(refs) == len(leaves):
                 if all(r() is x for r, x in zip(refs, leaves, strict=True)):
-                    return laid
+                    return treedef.unflatten([leaves[i] if own else x for own, i, x in parts])
         self.clear()
         laid = self._make(params, *key)
         if leaves and all(
             isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) for x in leaves
         ):
+            index = {id(x): i for i, x in reversed(list(enumerate(leaves)))}
+            laid_leaves, treedef = jax.tree.flatten(laid)
+            parts = [
+                (True, index[id(x)], None) if id(x) in index else (False, -1, x)
+                for x in laid_leaves
+            ]
             refs = [weakref.ref(x) for x in leaves]
-            # Released with the params, unless `laid` holds them (the finalizer holds
-            # this object weakly).
+            # The finalizer holds this object weakly: a dead layout needs no clearing.
             done = weakref.finalize(leaves[0], _clear_if_alive, weakref.ref(self))
-            self._kept = (refs, key, laid, done)
+            self._kept = (refs, key, treedef, parts, done)
         return laid
 
     def clear(self) -> None:
         """Drops the kept copies."""
         if self._kept is not None:
-            self._kept[3].detach()  # its params may outlive it: it must not clear later ones
+            self._kept[4].detach()  # its params may outlive it: it must not clear later ones
             self._kept = None
 
 

@@ -29,8 +29,9 @@ def translate_ids(params, inputs_BS, max_lengths_B, *, config: TransformerConfig
     The weights are first laid out for decoding, outside the decoding program, where
     they live on the CPU (`nn.layout.for_decoding`): joined q/k/v kernels and a tied
     output table as [D, V]. Laying them out costs about as much as it saves over one
-    call, so the layout of the last parameters seen is kept for the next call with the
-    same parameter arrays. It holds those parameters too, until a call with others.
+    call, so the copies made for the last parameters seen are kept for the next call
+    with the same parameter arrays, and released with those parameters (they are not
+    held here).
     """
     params = _DECODING_LAYOUT(params, config)
     return _translate_ids(params, inputs_BS, max_lengths_B, config=config, **settings)
