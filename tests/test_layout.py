@@ -8,6 +8,7 @@ import weakref
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from transformer_jax.nn.attention import FUSED_QKV
 from transformer_jax.nn.embed import TRANSPOSED_TABLE
@@ -122,3 +123,27 @@ def test_kept_layout_never_keeps_numpy_params() -> None:
     host["embed"]["embedding"][0, 0] += 1.0  # changed in place: the same arrays
     kept(host)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, 32, 48])
+def test_tied_logits_over_the_layout_match_float64(rows) -> None:
+    """`Embed.attend` over laid-out params, at every row count (one row reads the [D, V]
+    copy, 2-32 the table itself as [V, rows], more the copy again), against NumPy in
+    float64, and the same as over the plain params."""
+    from transformer_jax.nn.config import TransformerConfig
+    from transformer_jax.nn.embed import _FEW_ROWS, Embed
+
+    assert 2 <= _FEW_ROWS < 48
+    cfg = TransformerConfig(d_model=16, vocab_size=300)
+    embed = Embed(300, cfg)
+    rng = np.random.default_rng(rows)
+    table = rng.standard_normal((300, 16)).astype(np.float32)
+    params = {"embedding": jnp.asarray(table)}
+    x = rng.standard_normal((rows, 1, 16)).astype(np.float32)
+    laid = for_decoding({"embed": params}, tied_tables=[("embed",)])["embed"]
+    got = np.asarray(embed.apply({"params": laid}, jnp.asarray(x), method=Embed.attend))
+    want = x.astype(np.float64) @ table.T.astype(np.float64)
+    assert got.shape == (rows, 1, 300)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    plain = np.asarray(embed.apply({"params": params}, jnp.asarray(x), method=Embed.attend))
+    np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-5)

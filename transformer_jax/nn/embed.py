@@ -54,14 +54,36 @@ class Embed(nn.Module):
         """Logits against the table. Where the params hold the table transposed beside it
         (`TRANSPOSED_TABLE`, laid out for decoding), that copy is read instead: a CPU
         multiplies a few rows by it faster than by the table itself."""
+        tokens = x_BLD.size // x_BLD.shape[-1]
         if self.has_variable("params", TRANSPOSED_TABLE):
+            if 2 <= tokens <= _FEW_ROWS:
+                return _few_rows_logits(x_BLD, jnp.asarray(self.embedding, self.config.dtype))
             table_DV = self.get_variable("params", TRANSPOSED_TABLE)
             return jnp.einsum("bld,dv->blv", x_BLD, jnp.asarray(table_DV, self.config.dtype))
         table_VD = jnp.asarray(self.embedding, self.config.dtype)
-        tokens = x_BLD.size // x_BLD.shape[-1]
         if jax.default_backend() == "cpu" and tokens >= 2 * table_VD.shape[1]:
             return _tied_logits(x_BLD, table_VD)
         return jnp.einsum("bld,vd->blv", x_BLD, table_VD)
+
+
+# Up to this many rows, a decoding step's logits are computed as [V, rows] from the
+# table as it is (`_few_rows_logits`), beyond it against the [D, V] copy.
+_FEW_ROWS = 32
+
+
+def _few_rows_logits(x_BLD: jax.Array, table_VD: jax.Array) -> jax.Array:
+    """x [B, L, D] (2 to `_FEW_ROWS` rows in all) against the table [V, D]: logits [B, L, V]
+    computed as table x rows -> [V, rows], then transposed. XLA's CPU dot (YNNPACK) packs
+    its right-hand operand on every call: with the table on the left, it packs the few
+    rows instead of the table. The optimization barrier keeps XLA from folding the
+    transpose back into the dot (which would make it rows x table transposed, the slowest
+    form). On a 2-core Zen 4, against rows x the [D, V] copy: at D 512, V 32,000, 3.6
+    against 3.9 ms at 8 rows, 7.1 against 8.1 at 32; at D 768, V 50,257, 6.9 against 11.3
+    ms at 8 rows, 14.2 against 18.0 at 32. At one row the copy is as fast or faster
+    (1.4 against 2.0-2.5 ms at D 512), and from 48 rows on it is faster."""
+    *lead, D = x_BLD.shape
+    logits_VN = jax.lax.dot_general(table_VD, x_BLD.reshape(-1, D), (((1,), (1,)), ((), ())))
+    return jax.lax.optimization_barrier(logits_VN).T.reshape(*lead, table_VD.shape[0])
 
 
 @jax.custom_vjp
