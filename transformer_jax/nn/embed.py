@@ -52,12 +52,14 @@ class Embed(nn.Module):
 
     def attend(self, x_BLD: jax.Array) -> jax.Array:
         """Logits against the table. Where the params hold the table transposed beside it
-        (`TRANSPOSED_TABLE`, laid out for decoding), that copy is read instead: a CPU
-        multiplies a few rows by it faster than by the table itself."""
+        (`TRANSPOSED_TABLE`, laid out for decoding on a CPU), one row, or more than
+        `_FEW_ROWS`, are multiplied by that copy; 2 to `_FEW_ROWS` rows are multiplied
+        by the table itself as `_few_rows_logits` does, unless the table would first
+        need a cast to the compute dtype (the copy is already in it)."""
         tokens = x_BLD.size // x_BLD.shape[-1]
         if self.has_variable("params", TRANSPOSED_TABLE):
-            if 2 <= tokens <= _FEW_ROWS:
-                return _few_rows_logits(x_BLD, jnp.asarray(self.embedding, self.config.dtype))
+            if 2 <= tokens <= _FEW_ROWS and self.embedding.dtype == self.config.dtype:
+                return _few_rows_logits(x_BLD, self.embedding)
             table_DV = self.get_variable("params", TRANSPOSED_TABLE)
             return jnp.einsum("bld,dv->blv", x_BLD, jnp.asarray(table_DV, self.config.dtype))
         table_VD = jnp.asarray(self.embedding, self.config.dtype)
