@@ -5,9 +5,10 @@ matmuls cheaper on a CPU:
 - each attention's query, key and value kernels joined into one (`nn.attention.
   with_fused_qkv`): one matmul over the joined kernel takes about two thirds of the
   time of the three;
-- a tied output table transposed to [D, V] (`nn.embed.with_transposed_table`): at 2-32
-  rows, 0.7-0.9x the time of the [V, D] table read transposed at width 512, 0.9-1.0x at
-  width 768.
+- a tied output table transposed to [D, V] (`nn.embed.with_transposed_table`), which
+  `Embed.attend` reads at one row and beyond `_FEW_ROWS` rows (at one row, 1.4 ms
+  against 2.0-2.5 ms for the table itself at D 512, V 32,000), or where the table is
+  in another dtype than the compute; 2 to `_FEW_ROWS` rows read the table itself.
 Made inside the decoding program instead, XLA folds both back into the matmuls or
 repeats them every step. So `for_decoding` makes them beforehand and the program takes
 them as arguments. `KeptLayout` keeps the copies of the last weights it saw, so that
