@@ -15,6 +15,7 @@ import pytest
 
 from transformer_jax.decode import cached, search
 from transformer_jax.nn.config import TransformerConfig
+from transformer_jax.nn.embed import TRANSPOSED_TABLE
 from transformer_jax.nn.lm import CausalLM, cached_decoding_fns
 from transformer_jax.tasks.generation.decoding import GenerateOptions, Generator, prompt_bucket
 from transformer_jax.tasks.generation.pipeline import TextGenerationPipeline
@@ -463,8 +464,12 @@ def test_new_params_replace_the_laid_out_copy() -> None:
     }
     assert want["first"] != want["second"]
     assert gen.generate_ids(PROMPTS, max_new_tokens=NEW) == want["first"]
-    laid = jax.tree.leaves(gen._decoding_params())
-    again = jax.tree.leaves(gen._decoding_params())
+    laid = gen._decoding_params([4])  # kept from the call: greedy over one batch of 4
+    assert cfg.tie_output and TRANSPOSED_TABLE not in laid["embed"]  # 4 rows never read it
+    laid = jax.tree.leaves(laid)
+    again = jax.tree.leaves(gen._decoding_params([2]))
     assert len(again) == len(laid) and all(a is b for a, b in zip(again, laid))  # kept
+    assert TRANSPOSED_TABLE in gen._decoding_params([1])["embed"]  # one row reads it
+    assert gen.generate_ids(PROMPTS[:1], max_new_tokens=NEW) == want["first"][:1]
     gen.params = second
     assert gen.generate_ids(PROMPTS, max_new_tokens=NEW) == want["second"]

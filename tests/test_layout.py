@@ -49,6 +49,48 @@ def test_for_decoding_adds_copies_beside_the_originals() -> None:
         assert got is leaf  # the originals, not copies of them
 
 
+@pytest.mark.parametrize(
+    ("step_rows", "table_dtype", "copied"),
+    [
+        (None, None, True),  # unknown: made
+        ([8], None, False),  # 2-32 rows read the table itself
+        ([2, 32, 16], jnp.float32, False),
+        ([1], None, True),  # one row reads the copy
+        ([8, 1], None, True),  # the last batch of one
+        ([33], None, True),
+        ([4 * 16], None, True),  # beam 4 at batch 16
+        ([8], jnp.bfloat16, True),  # the table would be cast every step
+    ],
+)
+def test_for_decoding_makes_the_table_copy_only_where_steps_read_it(
+    step_rows, table_dtype, copied
+) -> None:
+    params = _params(0)
+    laid = for_decoding(
+        params, tied_tables=[("embed",)], table_dtype=table_dtype, step_rows=step_rows
+    )
+    assert (TRANSPOSED_TABLE in laid["embed"]) == copied
+    assert FUSED_QKV in laid["decoder"]["layer_0"]["self_attention"]  # made whatever the rows
+
+
+def test_kept_layout_with_the_table_copy_serves_loops_that_do_not_read_it() -> None:
+    calls = []
+
+    def make(params, step_rows=None):
+        calls.append(step_rows)
+        return for_decoding(params, tied_tables=[("embed",)], step_rows=step_rows)
+
+    kept = KeptLayout(make)
+    params = _params(0)
+    few = kept(params, step_rows=[8])
+    assert TRANSPOSED_TABLE not in few["embed"]
+    assert _same_arrays(kept(params, step_rows=(16, 4)), few) and len(calls) == 1
+    one = kept(params, step_rows=[1])  # needs the copy: laid out again
+    assert TRANSPOSED_TABLE in one["embed"] and calls == [(8,), (1,)]
+    assert _same_arrays(kept(params, step_rows=[8]), one) and len(calls) == 2  # served
+    assert _same_arrays(kept(params), one) and len(calls) == 2
+
+
 def test_for_decoding_lays_nothing_out_inside_a_program() -> None:
     params = _params(0)
     seen = []
@@ -65,7 +107,7 @@ def _same_arrays(a, b) -> bool:
 def test_kept_layout_reuses_only_for_the_same_arrays_and_releases_with_them() -> None:
     calls = []
 
-    def make(params, scale):
+    def make(params, scale, step_rows=None):
         calls.append(scale)
         return jax.tree.map(lambda x: x * scale, params)
 
@@ -94,9 +136,9 @@ def test_kept_layout_holds_only_the_copies_not_the_params() -> None:
     and the copies go when the params die."""
     calls = []
 
-    def make(params):
+    def make(params, step_rows=None):
         calls.append(1)
-        return for_decoding(params, tied_tables=[("embed",)])
+        return for_decoding(params, tied_tables=[("embed",)], step_rows=step_rows)
 
     kept = KeptLayout(make)
     params = _params(0)
@@ -117,7 +159,7 @@ def test_kept_layout_holds_only_the_copies_not_the_params() -> None:
 
 def test_kept_layout_never_keeps_numpy_params() -> None:
     calls = []
-    kept = KeptLayout(lambda params: calls.append(1) or params)
+    kept = KeptLayout(lambda params, step_rows: calls.append(1) or params)
     host = jax.tree.map(np.array, _params(0))
     kept(host)
     host["embed"]["embedding"][0, 0] += 1.0  # changed in place: the same arrays
@@ -147,3 +189,13 @@ def test_tied_logits_over_the_layout_match_float64(rows) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     plain = np.asarray(embed.apply({"params": params}, jnp.asarray(x), method=Embed.attend))
     np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-5)
+    # Laid out for steps of this many rows (no copy where they would not read it), and a
+    # decoding step over plain params (the few-row form without any layout).
+    for_rows = for_decoding({"embed": params}, tied_tables=[("embed",)], step_rows=[rows])
+    decoding = Embed(300, cfg.replace(decode=True))
+    for variables in ({"params": for_rows["embed"]}, {"params": params}):
+        out = decoding.apply(variables, jnp.asarray(x), method=Embed.attend)
+        np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-4)
+    program = jax.make_jaxpr(lambda v, x: decoding.apply(v, x, method=Embed.attend))
+    few = "optimization_barrier" in str(program({"params": params}, jnp.asarray(x)))
+    assert few == (2 <= rows <= _FEW_ROWS)  # the few-row form, where it is the faster

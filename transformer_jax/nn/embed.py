@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,14 @@ import jax.numpy as jnp
 from transformer_jax.nn.config import TransformerConfig
 from transformer_jax.nn.positions import sinusoid_table
 
-__all__ = ["Embed", "TokenTypeEmbed", "add_positions", "output_projection", "sinusoid_table"]
+__all__ = [
+    "Embed",
+    "TokenTypeEmbed",
+    "add_positions",
+    "output_projection",
+    "reads_table_copy",
+    "sinusoid_table",
+]
 
 
 # A decoding copy of a tied output table, [D, V], beside its "embedding" [V, D]
@@ -51,18 +60,24 @@ class Embed(nn.Module):
         return jnp.take(table_VD, ids_BL, axis=0)
 
     def attend(self, x_BLD: jax.Array) -> jax.Array:
-        """Logits against the table. Where the params hold the table transposed beside it
-        (`TRANSPOSED_TABLE`, laid out for decoding on a CPU), one row, or more than
-        `_FEW_ROWS`, are multiplied by that copy; 2 to `_FEW_ROWS` rows are multiplied
-        by the table itself as `_few_rows_logits` does, unless the table would first
-        need a cast to the compute dtype (the copy is already in it)."""
+        """Logits against the table. A decoding step on a CPU (`config.decode`, or params
+        laid out for decoding with the table transposed beside it, `TRANSPOSED_TABLE`)
+        multiplies 2 to `_FEW_ROWS` rows by the table itself as `_few_rows_logits` does,
+        unless the table would first need a cast to the compute dtype; other row counts,
+        and that cast, read the [D, V] copy where the params hold it
+        (`reads_table_copy`)."""
+        cfg = self.config
         tokens = x_BLD.size // x_BLD.shape[-1]
-        if self.has_variable("params", TRANSPOSED_TABLE):
-            if 2 <= tokens <= _FEW_ROWS and self.embedding.dtype == self.config.dtype:
-                return _few_rows_logits(x_BLD, self.embedding)
+        laid = self.has_variable("params", TRANSPOSED_TABLE)
+        in_dtype = self.embedding.dtype == cfg.dtype
+        if (laid or (cfg.decode and jax.default_backend() == "cpu")) and not reads_table_copy(
+            [tokens], in_dtype
+        ):
+            return _few_rows_logits(x_BLD, self.embedding)
+        if laid:
             table_DV = self.get_variable("params", TRANSPOSED_TABLE)
-            return jnp.einsum("bld,dv->blv", x_BLD, jnp.asarray(table_DV, self.config.dtype))
-        table_VD = jnp.asarray(self.embedding, self.config.dtype)
+            return jnp.einsum("bld,dv->blv", x_BLD, jnp.asarray(table_DV, cfg.dtype))
+        table_VD = jnp.asarray(self.embedding, cfg.dtype)
         if jax.default_backend() == "cpu" and tokens >= 2 * table_VD.shape[1]:
             return _tied_logits(x_BLD, table_VD)
         return jnp.einsum("bld,vd->blv", x_BLD, table_VD)
@@ -71,6 +86,16 @@ class Embed(nn.Module):
 # Up to this many rows, a decoding step's logits are computed as [V, rows] from the
 # table as it is (`_few_rows_logits`), beyond it against the [D, V] copy.
 _FEW_ROWS = 32
+
+
+def reads_table_copy(rows: Iterable[int] | None, in_compute_dtype: bool = True) -> bool:
+    """Whether decoding steps that multiply these row counts (batch x beams; None:
+    unknown) by a tied table read its [D, V] copy, where the params hold one: at one row,
+    beyond `_FEW_ROWS`, or where the table is not in the compute dtype (the copy is cast
+    once, the table would be cast every step)."""
+    if rows is None or not in_compute_dtype:
+        return True
+    return any(not 2 <= r <= _FEW_ROWS for r in rows)
 
 
 def _few_rows_logits(x_BLD: jax.Array, table_VD: jax.Array) -> jax.Array:

@@ -8,11 +8,14 @@ matmuls cheaper on a CPU:
 - a tied output table transposed to [D, V] (`nn.embed.with_transposed_table`), which
   `Embed.attend` reads at one row and beyond `_FEW_ROWS` rows (at one row, 1.4 ms
   against 2.0-2.5 ms for the table itself at D 512, V 32,000), or where the table is
-  in another dtype than the compute; 2 to `_FEW_ROWS` rows read the table itself.
+  in another dtype than the compute; 2 to `_FEW_ROWS` rows read the table itself. Given
+  the row counts a loop's steps will multiply, the copy is made only where they read it
+  (`nn.embed.reads_table_copy`): greedy or beam 4 at batch 8 never do, and skip 65 MB
+  (translation's shape B) to 154 MB (GPT-2 small) and the time to make it.
 Made inside the decoding program instead, XLA folds both back into the matmuls or
 repeats them every step. So `for_decoding` makes them beforehand and the program takes
 them as arguments. `KeptLayout` keeps the copies of the last weights it saw, so that
-calls after the first reuse them.
+calls after the first reuse them (one with the table copy serves loops that do not read it).
 
 Every decoding path (translation, generation, multimodal answers) lays its weights out
 here. The layout applies where the params live on the CPU only. Elsewhere they come back
@@ -22,14 +25,14 @@ as they are: no gain was measured there, and the copies would take accelerator m
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 
 from transformer_jax.nn.attention import with_fused_qkv
-from transformer_jax.nn.embed import with_transposed_table
+from transformer_jax.nn.embed import reads_table_copy, with_transposed_table
 
 __all__ = ["KeptLayout", "for_decoding"]
 
@@ -40,12 +43,15 @@ def for_decoding(
     decoders: Sequence[str] = ("decoder",),
     tied_tables: Sequence[tuple[str, ...]] = (),
     table_dtype=None,
+    step_rows: Iterable[int] | None = None,
 ):
     """`params` (unboxed) with the decoding copies added: the joined q/k/v kernel of every
     attention under the top-level `decoders` (the stacks that decode step by step; an
     encoder's would be memory spent for nothing), and for each path in `tied_tables`
     (an `Embed` read as the output projection) its table as [D, V] in `table_dtype`
-    (the compute dtype: the cast is then not repeated every step). The originals stay
+    (the compute dtype: the cast is then not repeated every step), unless the decoding
+    steps, multiplying `step_rows` rows each (batch x beams, for each batch these params
+    will decode; None: unknown), never read it (`nn.embed.reads_table_copy`). The originals stay
     the same arrays; the copies take memory beside them (the decoders' attention kernels
     once more, and each table).
 
@@ -61,7 +67,12 @@ def for_decoding(
         if name in out:
             out[name] = with_fused_qkv(out[name])
     for path in tied_tables:
-        out = with_transposed_table(out, path, dtype=table_dtype)
+        table = out
+        for name in path:
+            table = table[name]
+        dtype = table["embedding"].dtype
+        if reads_table_copy(step_rows, table_dtype is None or dtype == table_dtype):
+            out = with_transposed_table(out, path, dtype=table_dtype)
     return out
 
 
@@ -80,9 +91,11 @@ def _platforms(params) -> set[str]:
 
 
 class KeptLayout:
-    """`make(params, *key)`, kept for the last params seen (compared leaf by leaf, by
-    identity) and key: a later call with the same arrays returns a layout over the same
-    arrays, its copies made once. New params replace the kept copies (released before
+    """`make(params, *key, step_rows=step_rows)`, kept for the last params seen (compared
+    leaf by leaf, by identity) and key: a later call with the same arrays returns a layout
+    over the same arrays, its copies made once. A layout kept with a table copy
+    (`nn.embed.reads_table_copy` of its `step_rows`) serves every `step_rows`; one kept
+    without serves only row counts that do not read the copy. New params replace the kept copies (released before
     the new ones are made). Params whose leaves are not all `jax.Array`s (NumPy arrays
     can change in place) are laid out on every call and not kept.
 
@@ -92,20 +105,22 @@ class KeptLayout:
 
     def __init__(self, make: Callable[..., Any]) -> None:
         self._make = make
-        # (weak refs to the leaves, key, treedef of the layout, its leaves as (own,
-        # index of the params' own leaf, copy), finalizer)
+        # (weak refs to the leaves, (key, has the table copy), treedef of the layout, its
+        # leaves as (own, index of the params' own leaf, copy), finalizer)
         self._kept: tuple | None = None
 
-    def __call__(self, params, *key):
+    def __call__(self, params, *key, step_rows: Iterable[int] | None = None):
         leaves = jax.tree.leaves(params)
+        step_rows = None if step_rows is None else tuple(step_rows)
+        copy = reads_table_copy(step_rows)
         kept = self._kept
         if kept is not None:
-            refs, kept_key, treedef, parts, _ = kept
-            if kept_key == key and len(refs) == len(leaves):
+            refs, (kept_key, kept_copy), treedef, parts, _ = kept
+            if kept_key == key and (kept_copy or not copy) and len(refs) == len(leaves):
                 if all(r() is x for r, x in zip(refs, leaves, strict=True)):
                     return treedef.unflatten([leaves[i] if own else x for own, i, x in parts])
         self.clear()
-        laid = self._make(params, *key)
+        laid = self._make(params, *key, step_rows=step_rows)
         if leaves and all(
             isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) for x in leaves
         ):
@@ -118,7 +133,7 @@ class KeptLayout:
             refs = [weakref.ref(x) for x in leaves]
             # The finalizer holds this object weakly: a dead layout needs no clearing.
             done = weakref.finalize(leaves[0], _clear_if_alive, weakref.ref(self))
-            self._kept = (refs, key, treedef, parts, done)
+            self._kept = (refs, (key, copy), treedef, parts, done)
         return laid
 
     def clear(self) -> None:

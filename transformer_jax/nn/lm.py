@@ -135,11 +135,12 @@ def cached_decoding_fns(model: CausalLM):
     return init_cache, prefill, step
 
 
-def decoding_params(config: TransformerConfig, params):
+def decoding_params(config: TransformerConfig, params, step_rows=None):
     """`params` laid out for `cached_decoding_fns`, outside the decoding program, once per
     set of weights (`nn.layout.for_decoding`): joined q/k/v kernels and, for a tied
-    output, the table as [D, V]. On the CPU only. On a 2-core Zen 4, GPT-2 small's
+    output, the table as [D, V] where steps of `step_rows` rows (batch x beams; None:
+    unknown) read it (`nn.embed.reads_table_copy`). On the CPU only. On a 2-core Zen 4, GPT-2 small's
     decoding step went from 38.8 to 35.4 ms at batch 8 and from 19.3 to 18.9 ms at
     batch 1."""
     tied = [("embed",)] if config.tie_output else []
-    return for_decoding(params, tied_tables=tied, table_dtype=config.dtype)
+    return for_decoding(params, tied_tables=tied, table_dtype=config.dtype, step_rows=step_rows)

@@ -157,7 +157,9 @@ class Generator:
         self._fns = cached_decoding_fns(CausalLM(config))
         self._programs: dict[_Program, Any] = {}
         # The layout of the last params decoded with.
-        self._layout = KeptLayout(lambda params, config: decoding_params(config, params))
+        self._layout = KeptLayout(
+            lambda params, config, step_rows: decoding_params(config, params, step_rows)
+        )
 
     # ---- prompts ---------------------------------------------------------------------------
 
@@ -227,19 +229,25 @@ class Generator:
             rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
         rows.sort(key=lambda r: len(prompts[r[0]]))  # batches of similar lengths
         per_batch = max(1, self.batch_size // options.num_beams) if beams else self.batch_size
+        starts = range(0, len(rows), per_batch)
+        step_rows = [
+            _batch_bucket(len(rows[s : s + per_batch]), per_batch) * options.num_beams
+            for s in starts
+        ]
+        params = self._decoding_params(step_rows)
         report("generating", 0, len(rows))  # shown by an active Progress (evaluations)
-        for start in range(0, len(rows), per_batch):
+        for start in starts:
             chunk = rows[start : start + per_batch]
             chunk_prompts = [prompts[i] for i, _ in chunk]
             out = self._run_batch(
-                chunk_prompts, [seeds[i] for i, _ in chunk], [j for _, j in chunk], options
+                params, chunk_prompts, [seeds[i] for i, _ in chunk], [j for _, j in chunk], options
             )
             for (i, _), seqs in zip(chunk, out, strict=True):
                 results[i].extend(seqs)
             report("generating", start + len(chunk), len(rows))
         return results
 
-    def _run_batch(self, prompts, seeds, copies, options: GenerateOptions):
+    def _run_batch(self, params, prompts, seeds, copies, options: GenerateOptions):
         cfg = self.config
         rows = len(prompts)
         beams = options.num_beams > 1
@@ -271,7 +279,7 @@ class Generator:
         )
         fn = self._program(program)
         seqs = fn(
-            self._decoding_params(),
+            params,
             jnp.asarray(ids),
             jnp.asarray(mask),
             jnp.asarray(max_lengths),
@@ -285,10 +293,11 @@ class Generator:
         seqs = np.asarray(seqs)[:, : options.num_return_sequences]
         return [[self._cut(s) for s in seqs[b]] for b in range(rows)]
 
-    def _decoding_params(self):
-        """`self.params` laid out for decoding (`nn.lm.decoding_params`), made once and
-        kept until `self.params` is replaced."""
-        return self._layout(self.params, self.config)
+    def _decoding_params(self, step_rows=None):
+        """`self.params` laid out for decoding batches of `step_rows` rows each (batch x
+        beams; `nn.lm.decoding_params`), made once and kept until `self.params` is
+        replaced."""
+        return self._layout(self.params, self.config, step_rows=step_rows)
 
     def _cut(self, seq: np.ndarray) -> list[int]:
         """Tokens up to and including the first eos (the rest is padding)."""

@@ -32,11 +32,12 @@ from transformer_jax.train.task import InputError
 _KNOWN_KEYS = ("text", "images", "audio", "video")
 
 
-def _decoding_params(params, config: MultimodalConfig):
-    """The weights laid out for answering (`nn.layout.for_decoding`)."""
+def _decoding_params(params, config: MultimodalConfig, step_rows=None):
+    """The weights laid out for answering batches of `step_rows` rows each
+    (`nn.layout.for_decoding`)."""
     t = config.text
     tied = [("embed",)] if t.tie_output else []
-    return for_decoding(params, tied_tables=tied, table_dtype=t.dtype)
+    return for_decoding(params, tied_tables=tied, table_dtype=t.dtype, step_rows=step_rows)
 
 
 def _bucket(rows: int, batch_size: int) -> int:
@@ -162,9 +163,11 @@ class ImageTextToTextPipeline:
     def answer_examples(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         """Greedy answers of canonical examples (prompt + media), in order."""
         out: list[str] = []
-        params = self._layout(self.params, self.config)
+        starts = range(0, len(examples), self.batch_size)
+        rows = [_bucket(len(examples[s : s + self.batch_size]), self.batch_size) for s in starts]
+        params = self._layout(self.params, self.config, step_rows=rows)
         report("answering", 0, len(examples))  # shown by an active Progress (evaluations)
-        for start in range(0, len(examples), self.batch_size):
+        for start in starts:
             chunk = examples[start : start + self.batch_size]
             rows = []
             for ex in chunk:
