@@ -86,7 +86,7 @@ def test_kept_layout_with_the_table_copy_serves_loops_that_do_not_read_it() -> N
     assert TRANSPOSED_TABLE not in few["embed"]
     assert _same_arrays(kept(params, step_rows=(16, 4)), few) and len(calls) == 1
     one = kept(params, step_rows=[1])  # needs the copy: laid out again
-    assert TRANSPOSED_TABLE in one["embed"] and calls == [(8,), (1,)]
+    assert TRANSPOSED_TABLE in one["embed"] and calls == [(8,), (8, 1)]  # for both
     assert _same_arrays(kept(params, step_rows=[8]), one) and len(calls) == 2  # served
     assert _same_arrays(kept(params), one) and len(calls) == 2
 
@@ -199,3 +199,56 @@ def test_tied_logits_over_the_layout_match_float64(rows) -> None:
     program = jax.make_jaxpr(lambda v, x: decoding.apply(v, x, method=Embed.attend))
     few = "optimization_barrier" in str(program({"params": params}, jnp.asarray(x)))
     assert few == (2 <= rows <= _FEW_ROWS)  # the few-row form, where it is the faster
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, 32, 48])
+def test_untied_logits_over_the_layout_match_float64(rows) -> None:
+    """`OutputProjection` over params laid out for steps of `rows` rows: the [V, D] copy
+    made and read exactly at 2-32 rows (as [V, D] times the rows), the logits those of
+    NumPy in float64 at every row count."""
+    from transformer_jax.nn.config import TransformerConfig
+    from transformer_jax.nn.embed import _FEW_ROWS, TRANSPOSED_KERNEL, OutputProjection
+
+    cfg = TransformerConfig(d_model=16, vocab_size=300, decode=True)
+    head = OutputProjection(300, cfg)
+    rng = np.random.default_rng(rows)
+    kernel = rng.standard_normal((16, 300)).astype(np.float32)
+    x = rng.standard_normal((rows, 1, 16)).astype(np.float32)
+    laid = for_decoding(
+        {"head": {"kernel": jnp.asarray(kernel)}}, untied_outputs=[("head",)], step_rows=[rows]
+    )["head"]
+    few = 2 <= rows <= _FEW_ROWS
+    assert (TRANSPOSED_KERNEL in laid) == few
+    if few:
+        np.testing.assert_array_equal(np.asarray(laid[TRANSPOSED_KERNEL]), kernel.T)
+    got = head.apply({"params": laid}, jnp.asarray(x))
+    want = x.astype(np.float64) @ kernel.astype(np.float64)
+    assert got.shape == (rows, 1, 300)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
+    program = jax.make_jaxpr(lambda v, x: head.apply(v, x))({"params": laid}, jnp.asarray(x))
+    assert ("optimization_barrier" in str(program)) == few  # the copy is what is read
+    if few:  # and it is read: a spoiled copy spoils the logits
+        spoiled = dict(laid, **{TRANSPOSED_KERNEL: laid[TRANSPOSED_KERNEL] * 0})
+        assert not np.any(np.asarray(head.apply({"params": spoiled}, jnp.asarray(x))))
+
+
+def test_kept_layout_lays_out_again_for_an_untied_kernel_read_otherwise() -> None:
+    from transformer_jax.nn.embed import TRANSPOSED_KERNEL
+
+    calls = []
+
+    def make(params, step_rows=None):
+        calls.append(step_rows)
+        return for_decoding(params, untied_outputs=[("head",)], step_rows=step_rows)
+
+    kept = KeptLayout(make)
+    params = dict(_params(0), head={"kernel": jnp.ones((8, 11))})
+    one = kept(params, step_rows=[1])
+    assert TRANSPOSED_KERNEL not in one["head"]
+    both = kept(params, step_rows=[8])  # reads the copy: laid out again, for both
+    assert TRANSPOSED_KERNEL in both["head"] and calls == [(1,), (1, 8)]
+    assert _same_arrays(kept(params, step_rows=[1]), both) and len(calls) == 2
+    assert _same_arrays(kept(params, step_rows=[16, 1]), both) and len(calls) == 2
+    # New params start again from their own rows.
+    other = jax.tree.map(jnp.array, params)
+    assert TRANSPOSED_KERNEL not in kept(other, step_rows=[1])["head"] and len(calls) == 3

@@ -16,26 +16,29 @@ __all__ = [
     "TokenTypeEmbed",
     "add_positions",
     "output_projection",
-    "reads_table_copy",
+    "OutputProjection",
+    "output_layouts",
     "sinusoid_table",
 ]
 
 
-# A decoding copy of a tied output table, [D, V], beside its "embedding" [V, D]
-# (`with_transposed_table`): `Embed.attend` multiplies by it when it is there.
+# Decoding copies of an output matrix, transposed beside it (`with_transposed`): a tied
+# table's [D, V] beside its "embedding" [V, D], which `Embed.attend` reads, and an untied
+# projection's [V, D] beside its "kernel" [D, V], which `OutputProjection` reads.
 TRANSPOSED_TABLE = "embedding_DV"
+TRANSPOSED_KERNEL = "kernel_VD"
 
 
-def with_transposed_table(params, path: tuple[str, ...], dtype=None):
-    """`params` with the table of the `Embed` at `path` also transposed (and cast to
-    `dtype`, if given), under `TRANSPOSED_TABLE` beside it. Made outside the decoding
-    program (`nn.layout.for_decoding`), where `Embed.attend` reads it."""
+def with_transposed(params, path: tuple[str, ...], name: str, copy: str, dtype=None):
+    """`params` with the array `name` of the module at `path` also transposed (and cast to
+    `dtype`, if given), under `copy` beside it. Made outside the decoding program
+    (`nn.layout.for_decoding`), where the module reads it."""
     out = dict(params)
     node = out
-    for name in path:
-        node[name] = dict(node[name])
-        node = node[name]
-    node[TRANSPOSED_TABLE] = jnp.asarray(node["embedding"], dtype).T
+    for key in path:
+        node[key] = dict(node[key])
+        node = node[key]
+    node[copy] = jnp.asarray(node[name], dtype).T
     return out
 
 
@@ -65,13 +68,14 @@ class Embed(nn.Module):
         multiplies 2 to `_FEW_ROWS` rows by the table itself as `_few_rows_logits` does,
         unless the table would first need a cast to the compute dtype; other row counts,
         and that cast, read the [D, V] copy where the params hold it
-        (`reads_table_copy`)."""
+        (`output_layouts`)."""
         cfg = self.config
         tokens = x_BLD.size // x_BLD.shape[-1]
         laid = self.has_variable("params", TRANSPOSED_TABLE)
-        in_dtype = self.embedding.dtype == cfg.dtype
-        if (laid or (cfg.decode and jax.default_backend() == "cpu")) and not reads_table_copy(
-            [tokens], in_dtype
+        if (
+            (laid or (cfg.decode and jax.default_backend() == "cpu"))
+            and _few(tokens)
+            and self.embedding.dtype == cfg.dtype
         ):
             return _few_rows_logits(x_BLD, self.embedding)
         if laid:
@@ -88,14 +92,44 @@ class Embed(nn.Module):
 _FEW_ROWS = 32
 
 
-def reads_table_copy(rows: Iterable[int] | None, in_compute_dtype: bool = True) -> bool:
-    """Whether decoding steps that multiply these row counts (batch x beams; None:
-    unknown) by a tied table read its [D, V] copy, where the params hold one: at one row,
-    beyond `_FEW_ROWS`, or where the table is not in the compute dtype (the copy is cast
-    once, the table would be cast every step)."""
-    if rows is None or not in_compute_dtype:
-        return True
-    return any(not 2 <= r <= _FEW_ROWS for r in rows)
+def _few(rows: int) -> bool:
+    return 2 <= rows <= _FEW_ROWS
+
+
+def output_layouts(rows: Iterable[int] | None) -> frozenset[str]:
+    """The layouts of the output matrix that decoding steps multiplying these row counts
+    (batch x beams; None: unknown, so both) read on a CPU: "VD" for 2 to `_FEW_ROWS`
+    rows (the matrix as [V, D] times the rows, `_few_rows_logits`), "DV" for one row or
+    more (the rows times [D, V]). A tied table is [V, D], an untied kernel [D, V]: the
+    other layout is a copy (`nn.layout.for_decoding`). A tied table not in the compute
+    dtype is read as its [D, V] copy (cast once) at every row count."""
+    if rows is None:
+        return frozenset({"VD", "DV"})
+    return frozenset("VD" if _few(r) else "DV" for r in rows)
+
+
+class OutputProjection(nn.Module):
+    """The untied pre-softmax projection [..., D] -> [..., V] by a kernel [D, V]. Where the
+    params hold its [V, D] copy (`TRANSPOSED_KERNEL`, laid out for decoding on a CPU), 2
+    to `_FEW_ROWS` rows are multiplied by that copy as `_few_rows_logits` does."""
+
+    vocab_size: int
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_BLD: jax.Array) -> jax.Array:
+        cfg = self.config
+        kernel_DV = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", "vocab")),
+            (x_BLD.shape[-1], self.vocab_size),
+            cfg.param_dtype,
+        )
+        x_BLD = jnp.asarray(x_BLD, cfg.dtype)
+        if _few(x_BLD.size // x_BLD.shape[-1]) and self.has_variable("params", TRANSPOSED_KERNEL):
+            table_VD = self.get_variable("params", TRANSPOSED_KERNEL)
+            return _few_rows_logits(x_BLD, jnp.asarray(table_VD, cfg.dtype))
+        return jnp.einsum("...d,dv->...v", x_BLD, jnp.asarray(kernel_DV, cfg.dtype))
 
 
 def _few_rows_logits(x_BLD: jax.Array, table_VD: jax.Array) -> jax.Array:
@@ -147,18 +181,9 @@ def _tied_logits_bwd(res, d_BLV):
 _tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
-def output_projection(config: TransformerConfig, vocab_size: int) -> nn.DenseGeneral:
+def output_projection(config: TransformerConfig, vocab_size: int) -> OutputProjection:
     """The untied pre-softmax projection ``[..., d_model] -> [..., vocab]`` (`logits_dense`)."""
-    return nn.DenseGeneral(
-        vocab_size,
-        use_bias=False,
-        dtype=config.dtype,
-        param_dtype=config.param_dtype,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.xavier_uniform(), ("embed", "vocab")
-        ),
-        name="logits_dense",
-    )
+    return OutputProjection(vocab_size, config, name="logits_dense")
 
 
 class TokenTypeEmbed(nn.Module):

@@ -5,13 +5,16 @@ matmuls cheaper on a CPU:
 - each attention's query, key and value kernels joined into one (`nn.attention.
   with_fused_qkv`): one matmul over the joined kernel takes about two thirds of the
   time of the three;
-- a tied output table transposed to [D, V] (`nn.embed.with_transposed_table`), which
-  `Embed.attend` reads at one row and beyond `_FEW_ROWS` rows (at one row, 1.4 ms
-  against 2.0-2.5 ms for the table itself at D 512, V 32,000), or where the table is
-  in another dtype than the compute; 2 to `_FEW_ROWS` rows read the table itself. Given
-  the row counts a loop's steps will multiply, the copy is made only where they read it
-  (`nn.embed.reads_table_copy`): greedy or beam 4 at batch 8 never do, and skip 65 MB
-  (translation's shape B) to 154 MB (GPT-2 small) and the time to make it.
+- the output matrix in the other layout (`nn.embed.with_transposed`): a tied table
+  [V, D] also as [D, V], which `Embed.attend` reads at one row and beyond `_FEW_ROWS`
+  rows (at one row, 1.4 ms against 2.0-2.5 ms for the table itself at D 512, V 32,000),
+  or where the table is in another dtype than the compute; an untied kernel [D, V] also
+  as [V, D], which `OutputProjection` reads at 2 to `_FEW_ROWS` rows (as [V, D] times
+  the rows: at GPT-2 small's 768 x 50,257 and 8 rows, 6.9 against 11.3 ms). Given the
+  row counts a loop's steps will multiply, a copy is made only where they read it
+  (`nn.embed.output_layouts`): greedy or beam 4 at batch 8 never read a tied table's
+  copy, and skip 65 MB (translation's shape B) to 154 MB (GPT-2 small) and the time to
+  make it; an untied kernel's copy is made only for them.
 Made inside the decoding program instead, XLA folds both back into the matmuls or
 repeats them every step. So `for_decoding` makes them beforehand and the program takes
 them as arguments. `KeptLayout` keeps the copies of the last weights it saw, so that
@@ -32,7 +35,12 @@ import flax.linen as nn
 import jax
 
 from transformer_jax.nn.attention import with_fused_qkv
-from transformer_jax.nn.embed import reads_table_copy, with_transposed_table
+from transformer_jax.nn.embed import (
+    TRANSPOSED_KERNEL,
+    TRANSPOSED_TABLE,
+    output_layouts,
+    with_transposed,
+)
 
 __all__ = ["KeptLayout", "for_decoding"]
 
@@ -42,6 +50,7 @@ def for_decoding(
     *,
     decoders: Sequence[str] = ("decoder",),
     tied_tables: Sequence[tuple[str, ...]] = (),
+    untied_outputs: Sequence[tuple[str, ...]] = (),
     table_dtype=None,
     step_rows: Iterable[int] | None = None,
 ):
@@ -49,9 +58,11 @@ def for_decoding(
     attention under the top-level `decoders` (the stacks that decode step by step; an
     encoder's would be memory spent for nothing), and for each path in `tied_tables`
     (an `Embed` read as the output projection) its table as [D, V] in `table_dtype`
-    (the compute dtype: the cast is then not repeated every step), unless the decoding
-    steps, multiplying `step_rows` rows each (batch x beams, for each batch these params
-    will decode; None: unknown), never read it (`nn.embed.reads_table_copy`). The originals stay
+    (the compute dtype: the cast is then not repeated every step), and for each path in
+    `untied_outputs` (an `OutputProjection`) its kernel as [V, D] in `table_dtype`; each
+    only where decoding steps multiplying `step_rows` rows each (batch x beams, for each
+    batch these params will decode; None: unknown) read it (`nn.embed.output_layouts`).
+    The originals stay
     the same arrays; the copies take memory beside them (the decoders' attention kernels
     once more, and each table).
 
@@ -66,14 +77,21 @@ def for_decoding(
     for name in decoders:
         if name in out:
             out[name] = with_fused_qkv(out[name])
+    layouts = output_layouts(step_rows)
     for path in tied_tables:
-        table = out
-        for name in path:
-            table = table[name]
-        dtype = table["embedding"].dtype
-        if reads_table_copy(step_rows, table_dtype is None or dtype == table_dtype):
-            out = with_transposed_table(out, path, dtype=table_dtype)
+        dtype = _at(out, path)["embedding"].dtype
+        if "DV" in layouts or (table_dtype is not None and dtype != table_dtype):
+            out = with_transposed(out, path, "embedding", TRANSPOSED_TABLE, table_dtype)
+    if "VD" in layouts:
+        for path in untied_outputs:
+            out = with_transposed(out, path, "kernel", TRANSPOSED_KERNEL, table_dtype)
     return out
+
+
+def _at(params, path: tuple[str, ...]):
+    for name in path:
+        params = params[name]
+    return params
 
 
 def _platforms(params) -> set[str]:
@@ -93,9 +111,11 @@ def _platforms(params) -> set[str]:
 class KeptLayout:
     """`make(params, *key, step_rows=step_rows)`, kept for the last params seen (compared
     leaf by leaf, by identity) and key: a later call with the same arrays returns a layout
-    over the same arrays, its copies made once. A layout kept with a table copy
-    (`nn.embed.reads_table_copy` of its `step_rows`) serves every `step_rows`; one kept
-    without serves only row counts that do not read the copy. New params replace the kept copies (released before
+    over the same arrays, its copies made once. A layout kept for `step_rows` serves
+    later `step_rows` that read no other layout of the output matrix
+    (`nn.embed.output_layouts`); for others the same params are laid out again for the
+    kept and the new row counts together, so that alternating batch sizes lay out at
+    most twice. New params replace the kept copies (released before
     the new ones are made). Params whose leaves are not all `jax.Array`s (NumPy arrays
     can change in place) are laid out on every call and not kept.
 
@@ -105,20 +125,24 @@ class KeptLayout:
 
     def __init__(self, make: Callable[..., Any]) -> None:
         self._make = make
-        # (weak refs to the leaves, (key, has the table copy), treedef of the layout, its
+        # (weak refs to the leaves, (key, step rows laid out for), treedef of the layout, its
         # leaves as (own, index of the params' own leaf, copy), finalizer)
         self._kept: tuple | None = None
 
     def __call__(self, params, *key, step_rows: Iterable[int] | None = None):
         leaves = jax.tree.leaves(params)
         step_rows = None if step_rows is None else tuple(step_rows)
-        copy = reads_table_copy(step_rows)
         kept = self._kept
         if kept is not None:
-            refs, (kept_key, kept_copy), treedef, parts, _ = kept
-            if kept_key == key and (kept_copy or not copy) and len(refs) == len(leaves):
-                if all(r() is x for r, x in zip(refs, leaves, strict=True)):
+            refs, (kept_key, kept_rows), treedef, parts, _ = kept
+            same = kept_key == key and len(refs) == len(leaves)
+            if same and all(r() is x for r, x in zip(refs, leaves, strict=True)):
+                if output_layouts(step_rows) <= output_layouts(kept_rows):
                     return treedef.unflatten([leaves[i] if own else x for own, i, x in parts])
+                # Laid out again for both: the copies only grow while the params live.
+                step_rows = (
+                    None if kept_rows is None or step_rows is None else kept_rows + step_rows
+                )
         self.clear()
         laid = self._make(params, *key, step_rows=step_rows)
         if leaves and all(
@@ -133,7 +157,7 @@ class KeptLayout:
             refs = [weakref.ref(x) for x in leaves]
             # The finalizer holds this object weakly: a dead layout needs no clearing.
             done = weakref.finalize(leaves[0], _clear_if_alive, weakref.ref(self))
-            self._kept = (refs, (key, copy), treedef, parts, done)
+            self._kept = (refs, (key, step_rows), treedef, parts, done)
         return laid
 
     def clear(self) -> None:

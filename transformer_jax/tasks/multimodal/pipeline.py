@@ -37,7 +37,10 @@ def _decoding_params(params, config: MultimodalConfig, step_rows=None):
     (`nn.layout.for_decoding`)."""
     t = config.text
     tied = [("embed",)] if t.tie_output else []
-    return for_decoding(params, tied_tables=tied, table_dtype=t.dtype, step_rows=step_rows)
+    untied = [] if t.tie_output else [("logits_dense",)]
+    return for_decoding(
+        params, tied_tables=tied, untied_outputs=untied, table_dtype=t.dtype, step_rows=step_rows
+    )
 
 
 def _bucket(rows: int, batch_size: int) -> int:

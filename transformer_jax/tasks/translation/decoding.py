@@ -28,7 +28,8 @@ def translate_ids(params, inputs_BS, max_lengths_B, *, config: TransformerConfig
 
     The weights are first laid out for decoding, outside the decoding program, where
     they live on the CPU (`nn.layout.for_decoding`): joined q/k/v kernels and, where the
-    steps' rows (batch x beams) read it, a tied output table as [D, V]. Laying them out costs about as much as it saves over one
+    steps' rows (batch x beams) read it, a tied output table as [D, V] or an untied
+    kernel as [V, D]. Laying them out costs about as much as it saves over one
     call, so the copies made for the last parameters seen are kept for the next call
     with the same parameter arrays, and released with those parameters (they are not
     held here).
@@ -41,7 +42,14 @@ def translate_ids(params, inputs_BS, max_lengths_B, *, config: TransformerConfig
 def _lay_out(params, config: TransformerConfig, step_rows=None):
     target_embed = "embed" if config.share_embeddings else "target_embed"
     tied = [(target_embed,)] if config.tie_output else []
-    return for_decoding(params, tied_tables=tied, table_dtype=config.dtype, step_rows=step_rows)
+    untied = [] if config.tie_output else [("logits_dense",)]
+    return for_decoding(
+        params,
+        tied_tables=tied,
+        untied_outputs=untied,
+        table_dtype=config.dtype,
+        step_rows=step_rows,
+    )
 
 
 _DECODING_LAYOUT = KeptLayout(_lay_out)
