@@ -87,8 +87,9 @@ class Embed(nn.Module):
         return jnp.einsum("bld,vd->blv", x_BLD, table_VD)
 
 
-# Up to this many rows, a decoding step's logits are computed as [V, rows] from the
-# table as it is (`_few_rows_logits`), beyond it against the [D, V] copy.
+# From 2 up to this many rows, a decoding step's logits are computed as [V, rows] from
+# the output matrix as [V, D] (a tied table itself, an untied kernel's copy:
+# `_few_rows_logits`); one row, or more than this, multiply the matrix as [D, V].
 _FEW_ROWS = 32
 
 
@@ -100,7 +101,7 @@ def output_layouts(rows: Iterable[int] | None) -> frozenset[str]:
     """The layouts of the output matrix that decoding steps multiplying these row counts
     (batch x beams; None: unknown, so both) read on a CPU: "VD" for 2 to `_FEW_ROWS`
     rows (the matrix as [V, D] times the rows, `_few_rows_logits`), "DV" for one row or
-    more (the rows times [D, V]). A tied table is [V, D], an untied kernel [D, V]: the
+    more than `_FEW_ROWS` (the rows times [D, V]). A tied table is [V, D], an untied kernel [D, V]: the
     other layout is a copy (`nn.layout.for_decoding`). A tied table not in the compute
     dtype is read as its [D, V] copy (cast once) at every row count."""
     if rows is None:

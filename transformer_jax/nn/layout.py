@@ -18,7 +18,7 @@ matmuls cheaper on a CPU:
 Made inside the decoding program instead, XLA folds both back into the matmuls or
 repeats them every step. So `for_decoding` makes them beforehand and the program takes
 them as arguments. `KeptLayout` keeps the copies of the last weights it saw, so that
-calls after the first reuse them (one with the table copy serves loops that do not read it).
+calls after the first reuse them (for loops of other row counts, it grows to cover them).
 
 Every decoding path (translation, generation, multimodal answers) lays its weights out
 here. The layout applies where the params live on the CPU only. Elsewhere they come back
@@ -62,9 +62,8 @@ def for_decoding(
     `untied_outputs` (an `OutputProjection`) its kernel as [V, D] in `table_dtype`; each
     only where decoding steps multiplying `step_rows` rows each (batch x beams, for each
     batch these params will decode; None: unknown) read it (`nn.embed.output_layouts`).
-    The originals stay
-    the same arrays; the copies take memory beside them (the decoders' attention kernels
-    once more, and each table).
+    The originals stay the same arrays; the copies take memory beside them (the
+    decoders' attention kernels once more, and each output matrix copied).
 
     Params on another platform than the CPU, or traced ones (inside a program, where
     the copies would be folded back), are returned unboxed but otherwise as they are.
@@ -115,8 +114,8 @@ class KeptLayout:
     later `step_rows` that read no other layout of the output matrix
     (`nn.embed.output_layouts`); for others the same params are laid out again for the
     kept and the new row counts together, so that alternating batch sizes lay out at
-    most twice. New params replace the kept copies (released before
-    the new ones are made). Params whose leaves are not all `jax.Array`s (NumPy arrays
+    most twice. New params replace the kept copies (released before the new ones are
+    made). Params whose leaves are not all `jax.Array`s (NumPy arrays
     can change in place) are laid out on every call and not kept.
 
     Only what `make` added is kept: the leaves it passed through are the params' own,
