@@ -135,14 +135,16 @@ def cached_decoding_fns(model: CausalLM):
     return init_cache, prefill, step
 
 
-def decoding_params(config: TransformerConfig, params, step_rows=None):
-    """`params` laid out for `cached_decoding_fns`, outside the decoding program, once per
-    set of weights (`nn.layout.for_decoding`): joined q/k/v kernels and, for a tied
-    output, the table as [D, V] (for an untied one, the kernel as [V, D]) where steps of
-    `step_rows` rows (batch x beams; None: unknown) read it (`nn.embed.output_layouts`).
-    On the CPU only. On a 2-core Zen 4, GPT-2 small's decoding step went from 38.8 to
+def decoding_params(config: TransformerConfig, params, step_rows=None, *, table: str = "embed"):
+    """`params` laid out for decoding step by step, outside the decoding program, once per
+    set of weights (`nn.layout.for_decoding`): joined q/k/v kernels of the "decoder"
+    and, for a tied output (the `Embed` named `table`), the table as [D, V] (for an
+    untied one, "logits_dense", the kernel as [V, D]) where steps of `step_rows` rows
+    (batch x beams; None: unknown) read it (`nn.embed.output_layouts`). Serves every
+    model with that decoder and output: this LM, the translator (its target table),
+    the multimodal model (its text config). On the CPU only. On a 2-core Zen 4, GPT-2 small's decoding step went from 38.8 to
     35.4 ms at batch 8 and from 19.3 to 18.9 ms at batch 1."""
-    tied = [("embed",)] if config.tie_output else []
+    tied = [(table,)] if config.tie_output else []
     untied = [] if config.tie_output else [("logits_dense",)]
     return for_decoding(
         params,

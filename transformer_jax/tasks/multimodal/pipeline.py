@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from transformer_jax.nn.layout import KeptLayout, for_decoding
+from transformer_jax.nn.layout import KeptLayout
+from transformer_jax.nn.lm import decoding_params
 from transformer_jax.tasks.generation.text import lm_specials
 from transformer_jax.tasks.multimodal.config import MultimodalConfig
 from transformer_jax.tasks.multimodal.data import EncodeExample, stack_rows
@@ -33,14 +34,9 @@ _KNOWN_KEYS = ("text", "images", "audio", "video")
 
 
 def _decoding_params(params, config: MultimodalConfig, step_rows=None):
-    """The weights laid out for answering batches of `step_rows` rows each
-    (`nn.layout.for_decoding`)."""
-    t = config.text
-    tied = [("embed",)] if t.tie_output else []
-    untied = [] if t.tie_output else [("logits_dense",)]
-    return for_decoding(
-        params, tied_tables=tied, untied_outputs=untied, table_dtype=t.dtype, step_rows=step_rows
-    )
+    """The weights laid out for answering batches of `step_rows` rows each: the text
+    decoder's and output's layout (`nn.lm.decoding_params`)."""
+    return decoding_params(config.text, params, step_rows)
 
 
 def _bucket(rows: int, batch_size: int) -> int:

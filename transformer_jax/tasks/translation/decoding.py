@@ -12,7 +12,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from transformer_jax.decode.cached import MODEL_BEAM_CACHE
 from transformer_jax.decode.search import beam_search, greedy_search
 from transformer_jax.nn.config import TransformerConfig
-from transformer_jax.nn.layout import KeptLayout, for_decoding
+from transformer_jax.nn.layout import KeptLayout
+from transformer_jax.nn.lm import decoding_params
 from transformer_jax.tasks.translation.model import EncoderDecoder
 
 
@@ -40,16 +41,8 @@ def translate_ids(params, inputs_BS, max_lengths_B, *, config: TransformerConfig
 
 
 def _lay_out(params, config: TransformerConfig, step_rows=None):
-    target_embed = "embed" if config.share_embeddings else "target_embed"
-    tied = [(target_embed,)] if config.tie_output else []
-    untied = [] if config.tie_output else [("logits_dense",)]
-    return for_decoding(
-        params,
-        tied_tables=tied,
-        untied_outputs=untied,
-        table_dtype=config.dtype,
-        step_rows=step_rows,
-    )
+    table = "embed" if config.share_embeddings else "target_embed"
+    return decoding_params(config, params, step_rows, table=table)
 
 
 _DECODING_LAYOUT = KeptLayout(_lay_out)
