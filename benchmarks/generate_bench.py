@@ -1,12 +1,15 @@
-"""CPU text-generation speed: our cached decoding next to transformers' GPT-2 `generate()`.
+"""CPU text-generation speed: our cached decoding next to transformers' `generate()`.
 
-    python -m benchmarks.generate_bench          # GPT-2-small shape (tens of minutes on 2 cores)
-    python -m benchmarks.generate_bench --quick  # smoke run: a 2-layer d=64 shape
+    python -m benchmarks.generate_bench                # GPT-2-small shape (~11 min, 2 cores)
+    python -m benchmarks.generate_bench --model llama  # a Llama-shaped model of the same width
+    python -m benchmarks.generate_bench --quick        # smoke run: a 2-layer d=64 shape
 
-Both sides run the same function with the same weights: a `GPT2LMHeadModel` is built from
-a `GPT2Config` with random weights (seeded, no download) and its weights are converted
-into our `transformer_jax.nn.lm.CausalLM` (pre-LN, gelu_tanh, learned positions, tied
-output). Greedy outputs of the two sides are compared token by token.
+Both sides run the same function with the same weights: a `GPT2LMHeadModel` (or, with
+`--model llama`, a `LlamaForCausalLM`) is built from its config with random weights
+(seeded, no download) and its weights are converted into our
+`transformer_jax.nn.lm.CausalLM`: GPT-2 as pre-LN, gelu_tanh, learned positions, tied
+output; Llama as pre-RMSNorm, SwiGLU, rotary positions, grouped key/value heads, an
+untied output projection. Greedy outputs of the two sides are compared token by token.
 
 Measured, for every batch size and decoding mode (greedy; top-p 0.9 at temperature 1.0):
 generated tokens/s of exactly `new_tokens` new tokens after a `prompt_len`-token prompt
@@ -29,7 +32,8 @@ included) plus the KV cache filled so far on average, and the FLOPs are 2 per we
 row plus the attention over that cache.
 
 Full runs write benchmarks/results/generate_cpu_<date>.json and generate_cpu_latest.md;
-quick runs write generate_cpu_<date>_quick.json and generate_cpu_quick.md.
+quick runs write generate_cpu_<date>_quick.json and generate_cpu_quick.md; the Llama
+runs write the same files named generate_llama_cpu_*.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ TOP_P, TEMPERATURE = 0.9, 1.0
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """A GPT-2-style model size and the generation workload measured on it."""
+    """A model family and size, and the generation workload measured on it."""
 
     name: str
     vocab: int
@@ -74,6 +78,8 @@ class Shape:
     batches: tuple[int, ...]
     repeats: int  # timed runs per case and process
     rounds: int  # processes per side
+    arch: str = "gpt2"  # "gpt2" or "llama"
+    kv_heads: int = 0  # llama: key/value heads (grouped-query attention)
 
 
 GPT2_SMALL = Shape(
@@ -106,6 +112,18 @@ QUICK_SHAPE = Shape(
     repeats=1,
     rounds=1,
 )
+# Llama's layout at GPT-2 small's width: 12 layers, 12 query and 4 key/value heads of 64,
+# SwiGLU 2048 (three kernels: the MLP weights GPT-2's 3072 have), Llama-2's 32,000-token
+# vocabulary, untied output: 125M parameters, as GPT-2 small has.
+LLAMA_SMALL = dataclasses.replace(
+    GPT2_SMALL, name="llama_d768", vocab=32000, d_ff=2048, arch="llama", kv_heads=4
+)
+QUICK_LLAMA = dataclasses.replace(
+    QUICK_SHAPE, name="llama_2x64", d_ff=128, arch="llama", kv_heads=2
+)
+SHAPES = {("gpt2", False): GPT2_SMALL, ("gpt2", True): QUICK_SHAPE}
+SHAPES.update({("llama", False): LLAMA_SMALL, ("llama", True): QUICK_LLAMA})
+RESULT_PREFIX = {"gpt2": "generate_cpu", "llama": "generate_llama_cpu"}
 
 
 def cases(shape: Shape) -> list[dict[str, Any]]:
@@ -132,8 +150,27 @@ def _prompts(shape: Shape, batch: int, length: int) -> np.ndarray:
 
 
 def hf_model(shape: Shape, seed: int = 0):
-    """`GPT2LMHeadModel` with random weights from a `GPT2Config` (no download)."""
+    """`GPT2LMHeadModel` (or `LlamaForCausalLM`) with random weights from its config."""
     torch = _torch()
+    if shape.arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            vocab_size=shape.vocab,
+            hidden_size=shape.d_model,
+            intermediate_size=shape.d_ff,
+            num_hidden_layers=shape.layers,
+            num_attention_heads=shape.heads,
+            num_key_value_heads=shape.kv_heads,
+            max_position_embeddings=shape.context,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+            bos_token_id=shape.vocab - 1,
+            eos_token_id=shape.vocab - 1,
+        )
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config).eval()
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
@@ -178,6 +215,26 @@ def our_config(shape: Shape):
     )
 
 
+def llama_config(shape: Shape):
+    """Llama as a `TransformerConfig`."""
+    return our_config(shape).replace(
+        num_kv_heads=shape.kv_heads,
+        norm_type="rms",
+        layer_norm_eps=1e-6,
+        activation="swiglu",
+        mlp_bias=False,
+        attention_bias=False,
+        position_type="rope",
+        position_layout="halves",
+        rope_theta=10000.0,
+        tie_output=False,
+    )
+
+
+def model_config(shape: Shape):
+    return llama_config(shape) if shape.arch == "llama" else our_config(shape)
+
+
 def gpt2_params(state_dict: dict[str, Any], shape: Shape) -> dict[str, Any]:
     """Our `CausalLM` params from a GPT2LMHeadModel state dict (Conv1D weights are [in, out])."""
     sd = {k: v.detach().float().numpy() for k, v in state_dict.items()}
@@ -218,6 +275,36 @@ def gpt2_params(state_dict: dict[str, Any], shape: Shape) -> dict[str, Any]:
     }
 
 
+def llama_params(state_dict: dict[str, Any], shape: Shape) -> dict[str, Any]:
+    """Our `CausalLM` params from a LlamaForCausalLM state dict (Linear weights: [out, in])."""
+    sd = {k: v.detach().float().numpy() for k, v in state_dict.items()}
+    D, N, K = shape.d_model, shape.heads, shape.kv_heads
+    H = D // N
+    layers: dict[str, Any] = {}
+    for i in range(shape.layers):
+        p = f"model.layers.{i}."
+        attention = {
+            name: {"kernel": sd[p + f"self_attn.{proj}.weight"].T.reshape(D, heads, H)}
+            for name, proj, heads in (("query", "q_proj", N), ("key", "k_proj", K), ("value", "v_proj", K))
+        }  # fmt: skip
+        attention["out"] = {"kernel": sd[p + "self_attn.o_proj.weight"].T.reshape(N, H, D)}
+        layers[f"layer_{i}"] = {
+            "attention_block": {"norm": {"scale": sd[p + "input_layernorm.weight"]}},
+            "mlp_block": {"norm": {"scale": sd[p + "post_attention_layernorm.weight"]}},
+            "self_attention": attention,
+            "mlp": {
+                name: {"kernel": sd[p + f"mlp.{proj}.weight"].T}
+                for name, proj in (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj"))
+            },
+        }
+    layers["final_norm"] = {"scale": sd["model.norm.weight"]}
+    return {
+        "embed": {"embedding": sd["model.embed_tokens.weight"]},
+        "decoder": layers,
+        "logits_dense": {"kernel": sd["lm_head.weight"].T},
+    }
+
+
 # ------------------------------------------------------------------------------ the sides
 
 
@@ -230,21 +317,23 @@ class _Ours:
 
         from transformer_jax.nn.lm import CausalLM, cached_decoding_fns, decoding_params
 
-        params = gpt2_params(hf_model(shape).state_dict(), shape)
+        convert = llama_params if shape.arch == "llama" else gpt2_params
+        config = model_config(shape)
+        params = convert(hf_model(shape).state_dict(), shape)
         self.jax, self.jnp = jax, jnp
         self.params = jax.tree.map(jnp.asarray, params)
         # The converted tree must be exactly what our model initialises.
         ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-        init = jax.eval_shape(CausalLM(our_config(shape)).init, jax.random.key(0), ids)
+        init = jax.eval_shape(CausalLM(config).init, jax.random.key(0), ids)
         import flax.linen as nn
 
         want = jax.tree.map(lambda x: x.shape, nn.unbox(init["params"]))
         got = jax.tree.map(lambda x: x.shape, self.params)
         if want != got:
-            raise AssertionError("converted GPT-2 weights do not match CausalLM's params")
-        self.fns = cached_decoding_fns(CausalLM(our_config(shape)))
+            raise AssertionError(f"converted {shape.arch} weights do not match CausalLM's params")
+        self.fns = cached_decoding_fns(CausalLM(config))
         # Laid out for decoding once, as `Generator` does (untimed, like its first call).
-        self.params = jax.block_until_ready(decoding_params(our_config(shape), self.params))
+        self.params = jax.block_until_ready(decoding_params(config, self.params))
         self.shape = shape
 
     def prepare(self, case: dict[str, Any]):
@@ -280,7 +369,7 @@ class _Ours:
 
 
 class _Theirs:
-    """`GPT2LMHeadModel.generate(use_cache=True)` under `torch.inference_mode()`."""
+    """The `transformers` model's `generate(use_cache=True)` under `torch.inference_mode()`."""
 
     def __init__(self, shape: Shape):
         torch = _torch()
@@ -330,6 +419,7 @@ def worker(side: str, shape: Shape, repeats: int) -> dict[str, Any]:
     if side == "theirs":
         out["threads"] = runner.threads
         out["attn_implementation"] = runner.model.config._attn_implementation
+        out["model_class"] = type(runner.model).__name__
     for case in cases(shape):
         run = runner.prepare(case)
         t0 = time.perf_counter()
@@ -381,10 +471,16 @@ def measure_machine() -> dict[str, float]:
 def step_bound(shape: Shape, batch: int, machine: dict[str, float]) -> dict[str, float]:
     """Lower bound on one decoding step: weights + average filled KV cache read, FLOPs."""
     D, L, F, V = shape.d_model, shape.layers, shape.d_ff, shape.vocab
-    matmul_weights = L * (4 * D * D + 2 * D * F) + V * D  # output projection included
-    other = L * (4 * D + F + 4 * D) + 2 * D  # biases and norms
+    if shape.arch == "llama":  # q, o: D x D; k, v: D x kv; SwiGLU: three D x F; RMS scales
+        kv_width = shape.kv_heads * (D // shape.heads)
+        matmul_weights = L * (2 * D * D + 2 * D * kv_width + 3 * D * F) + V * D
+        other = L * 2 * D + D
+    else:  # q, k, v, o: D x D; MLP: two D x F; biases and LayerNorms
+        kv_width = D
+        matmul_weights = L * (4 * D * D + 2 * D * F) + V * D
+        other = L * (4 * D + F + D + 4 * D) + 2 * D  # q/k/v/o, MLP in/out biases; 2 norms
     filled = shape.prompt_len + shape.new_tokens / 2  # average cache length over the steps
-    kv_bytes = 4 * 2 * L * batch * filled * D
+    kv_bytes = 4 * 2 * L * batch * filled * kv_width
     bytes_read = 4 * (matmul_weights + other) + kv_bytes
     flops = 2 * batch * matmul_weights + 4 * batch * L * filled * D
     memory_ms = 1e3 * bytes_read / (machine["read_gb_per_s"] * 1e9)
@@ -401,8 +497,9 @@ def step_bound(shape: Shape, batch: int, machine: dict[str, float]) -> dict[str,
 # ------------------------------------------------------------------------------ driver
 
 
-def _spawn(side: str, quick: bool, env: dict[str, str], log) -> dict[str, Any]:
+def _spawn(side: str, shape: Shape, quick: bool, env: dict[str, str], log) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.generate_bench", "--worker", side]
+    cmd += ["--model", shape.arch]
     if quick:
         cmd.append("--quick")
     t0 = time.perf_counter()
@@ -460,6 +557,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     ext = report["vector_extensions"]
     has = ", ".join(k for k, v in ext.items() if v) or "none"
     lacks = ", ".join(k for k, v in ext.items() if not v) or "none"
+    if s["arch"] == "llama":
+        family = (
+            f"Llama layout: RMSNorm, SwiGLU, rotary, {s['kv_heads']} key/value heads, untied output"
+        )
+    else:
+        family = "GPT-2 layout: LayerNorm, gelu_tanh, learned positions, tied output"
     lines = [
         f"# CPU generation benchmark ({report['timestamp']}{', quick' if report['quick'] else ''})",
         "",
@@ -468,9 +571,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- jax {m['jax']} (jaxlib {m['jaxlib']}), flax {m['flax']}, torch {m['torch']}, "
         f"transformers {report['transformers']} (attention `{report['attn_implementation']}`,"
         f" torch threads {report['torch_threads']}), python {m['python']}",
-        f"- model: {s['name']} (vocab {s['vocab']}, d {s['d_model']}, {s['heads']} heads, "
-        f"{s['layers']} layers, ff {s['d_ff']}, context {s['context']}), float32, random "
-        "weights shared by both sides",
+        f"- model: {s['name']} ({family}; vocab {s['vocab']}, d {s['d_model']}, "
+        f"{s['heads']} heads, {s['layers']} layers, ff {s['d_ff']}, context {s['context']}), "
+        f"float32, random weights shared by both sides; theirs: `{report['model_class']}`",
         f"- workload: prompt {s['prompt_len']} tokens, exactly {s['new_tokens']} new tokens; "
         f"top-p {TOP_P} at temperature {TEMPERATURE}; {s['rounds']} process(es) per side "
         f"alternating, {s['repeats']} timed run(s) each after a warm-up; medians",
@@ -536,6 +639,12 @@ def render_markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: a 2-layer d=64 shape")
+    parser.add_argument(
+        "--model",
+        choices=("gpt2", "llama"),
+        default="gpt2",
+        help="gpt2: GPT-2 small (tied output); llama: Llama-shaped, same width (untied)",
+    )
     parser.add_argument("--out-dir", default=RESULTS_DIR)
     parser.add_argument("--no-write", action="store_true", help="print only, write no files")
     parser.add_argument("--rounds", type=int, default=0, help="processes per side (0: default)")
@@ -546,7 +655,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if _torch() is None:
         print("error: this benchmark needs torch and transformers installed", file=sys.stderr)
         raise SystemExit(2)
-    shape = QUICK_SHAPE if args.quick else GPT2_SMALL
+    shape = SHAPES[args.model, args.quick]
     if args.rounds:
         shape = dataclasses.replace(shape, rounds=args.rounds)
     if args.worker:
@@ -568,7 +677,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         for r in range(shape.rounds):
             for side in SIDES if r % 2 == 0 else SIDES[::-1]:
                 log(f"round {r + 1}/{shape.rounds}: {side}")
-                runs.append(_spawn(side, args.quick, env, log))
+                runs.append(_spawn(side, shape, args.quick, env, log))
     rows, ttft, agree = summarize(shape, runs, measured)
     theirs = next(r for r in runs if r["side"] == "theirs")
     now = dt.datetime.now()
@@ -581,6 +690,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "transformers": transformers.__version__,
         "torch_threads": theirs["threads"],
         "attn_implementation": theirs["attn_implementation"],
+        "model_class": theirs["model_class"],
         "shape": dataclasses.asdict(shape),
         "measured": measured,
         "generation": rows,
@@ -593,7 +703,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     table = render_markdown(report)
     print(table)
     if not args.no_write:
-        paths = write_results(report, table, args.out_dir, "generate_cpu", quick=report["quick"])
+        paths = write_results(
+            report, table, args.out_dir, RESULT_PREFIX[shape.arch], quick=report["quick"]
+        )
         print("wrote " + " and ".join(paths), file=sys.stderr)
     return report
 

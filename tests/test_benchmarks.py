@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -143,16 +144,37 @@ def test_classify_bench_quick_reports_both_sides(tmp_path):
     assert set(report["vector_extensions"]) >= {"avx2", "avx512f"}
 
 
-def test_generate_bench_quick_reports_both_sides(tmp_path):
+@pytest.mark.parametrize("model", ["gpt2", "llama"])
+def test_generate_bench_bound_reads_every_weight_a_step_reads(model):
+    """The bound's bytes at batch 1 with an empty cache are the `transformers` model's
+    weights, less the table a step only gathers a row of (GPT-2's positions; Llama's
+    untied token embedding)."""
     pytest.importorskip("transformers")
     from benchmarks import generate_bench
 
-    generate_bench.main(["--quick", "--out-dir", str(tmp_path)])
+    shape = generate_bench.SHAPES[model, True]
+    empty = dataclasses.replace(shape, prompt_len=0, new_tokens=0)
+    hf = generate_bench.hf_model(shape)
+    weights = sum(p.numel() for p in hf.parameters())  # a tied table counts once
+    gathered = (shape.context if model == "gpt2" else shape.vocab) * shape.d_model
+    bound = generate_bench.step_bound(empty, 1, {"read_gb_per_s": 1.0, "matmul_gflop_per_s": 1.0})
+    assert bound["bytes_read"] == 4 * (weights - gathered)
 
-    [json_path] = tmp_path.glob("generate_cpu_*_quick.json")
-    assert "| ours tok/s |" in (tmp_path / "generate_cpu_quick.md").read_text()
+
+@pytest.mark.parametrize("model", ["gpt2", "llama"])
+def test_generate_bench_quick_reports_both_sides(tmp_path, model):
+    pytest.importorskip("transformers")
+    from benchmarks import generate_bench
+
+    generate_bench.main(["--quick", "--model", model, "--out-dir", str(tmp_path)])
+
+    prefix = generate_bench.RESULT_PREFIX[model]
+    [json_path] = tmp_path.glob(f"{prefix}_*_quick.json")
+    assert "| ours tok/s |" in (tmp_path / f"{prefix}_quick.md").read_text()
     report = json.loads(json_path.read_text())
-    shape = generate_bench.QUICK_SHAPE
+    shape = generate_bench.SHAPES[model, True]
+    assert report["shape"]["arch"] == model
+    assert report["model_class"] == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[model]
     rows = report["generation"]
     assert {(r["batch"], r["mode"]) for r in rows} == {
         (b, m) for b in shape.batches for m in generate_bench.MODES
