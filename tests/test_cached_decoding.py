@@ -389,3 +389,34 @@ def test_decoding_params_take_logically_partitioned_params() -> None:
     table = np.asarray(nn.unbox(boxed)["embed"]["embedding"])
     np.testing.assert_array_equal(laid["embed"][TRANSPOSED_TABLE], table.T)
     assert not any(is_box(x) for x in jax.tree.leaves(laid, is_leaf=is_box))
+
+
+@pytest.mark.parametrize("K, G, T", [(4, 1, 1), (2, 3, 1), (2, 3, 4), (1, 4, 3)])
+def test_attention_over_the_cache_layout_matches_numpy(K, G, T):
+    """`_attend_slots` (queries [B, T, K*G, H] over keys and values [B, K, S, H]) against
+    softmax attention in float64, with masked slots and a row that sees no slot."""
+    from transformer_jax.nn.attention import _attend_slots
+
+    B, S, H = 3, 7, 8
+    rng = np.random.default_rng(K * 100 + G * 10 + T)
+    q = rng.standard_normal((B, T, K * G, H))
+    k = rng.standard_normal((B, K, S, H))
+    v = rng.standard_normal((B, K, S, H))
+    visible = rng.random((B, T, S)) < 0.6
+    visible[:, :, 0] = True
+    visible[1, -1] = False  # a query that sees nothing attends to nothing
+
+    got = _attend_slots(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)), jnp.asarray(visible))
+
+    want = np.zeros((B, T, K * G, H))
+    for b in range(B):
+        for t in range(T):
+            seen = visible[b, t]
+            for n in range(K * G):
+                if not seen.any():
+                    continue
+                kv = n // G  # query head n reads key head n // G
+                s = k[b, kv, seen] @ q[b, t, n] / np.sqrt(H)
+                p = np.exp(s - s.max())
+                want[b, t, n] = (p / p.sum()) @ v[b, kv, seen]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)

@@ -192,22 +192,30 @@ def _attend_slots(q_BTNH, k_BKSH, v_BKSH, visible_BTS) -> jax.Array:
 
     The arithmetic of the "xla" attention core (float32 scores and softmax), reading keys
     and values in the layout the matmuls want, so a decoding step never copies the cache.
+    The G = N / K query heads that share a key head and the T queries go into one matmul
+    operand [B, K, G * T, H] (rows of a plain batched matmul): with T and G kept apart,
+    XLA's CPU dot multiplied keys [S, H] by queries [H, G] instead, and on a 2-core Zen 4
+    a decoding step's attention over 256 cached slots at batch 8 with 12 query heads on 4
+    key heads took 12-13 ms for 12 layers against 4.2-4.7 ms this way (one key head per
+    query head: the same either way; a 128-token prefill over 1,024 slots: 2x faster).
     """
     B, T, N, H = q_BTNH.shape
     K = k_BKSH.shape[1]
-    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-    s_BKGTS = jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, k_BKSH, preferred_element_type=jnp.float32)
-    s_BKGTS = s_BKGTS * (1.0 / math.sqrt(H))
+    G = N // K
+    q_BKMH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
+    s_BKMS = jnp.einsum("bkmh,bksh->bkms", q_BKMH, k_BKSH, preferred_element_type=jnp.float32)
+    s_BKGTS = (s_BKMS * (1.0 / math.sqrt(H))).reshape(B, K, G, T, -1)
     mask_B11TS = visible_BTS[:, None, None]
     s_BKGTS = jnp.where(mask_B11TS, s_BKGTS, _MASK_VALUE)
     p_BKGTS = jnp.where(mask_B11TS, jax.nn.softmax(s_BKGTS, axis=-1), 0.0)
-    out_BTKGH = jnp.einsum(
-        "bkgts,bksh->btkgh",
-        p_BKGTS.astype(v_BKSH.dtype),
+    o_BKMH = jnp.einsum(
+        "bkms,bksh->bkmh",
+        p_BKGTS.reshape(B, K, G * T, -1).astype(v_BKSH.dtype),
         v_BKSH,
         preferred_element_type=jnp.float32,
     )
-    return out_BTKGH.reshape(B, T, N, H).astype(q_BTNH.dtype)
+    o_BTKGH = o_BKMH.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4)
+    return o_BTKGH.reshape(B, T, N, H).astype(q_BTNH.dtype)
 
 
 def _attend_beam_group(q_BTNH, k_BKHX, v_BKXH, visible_BTS, rows_BSR) -> jax.Array:
