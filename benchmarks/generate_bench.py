@@ -121,8 +121,12 @@ LLAMA_SMALL = dataclasses.replace(
 QUICK_LLAMA = dataclasses.replace(
     QUICK_SHAPE, name="llama_2x64", d_ff=128, arch="llama", kv_heads=2
 )
-SHAPES = {("gpt2", False): GPT2_SMALL, ("gpt2", True): QUICK_SHAPE}
-SHAPES.update({("llama", False): LLAMA_SMALL, ("llama", True): QUICK_LLAMA})
+SHAPES = {  # (model, quick) -> shape
+    ("gpt2", False): GPT2_SMALL,
+    ("gpt2", True): QUICK_SHAPE,
+    ("llama", False): LLAMA_SMALL,
+    ("llama", True): QUICK_LLAMA,
+}
 RESULT_PREFIX = {"gpt2": "generate_cpu", "llama": "generate_llama_cpu"}
 
 

@@ -142,8 +142,9 @@ def decoding_params(config: TransformerConfig, params, step_rows=None, *, table:
     untied one, "logits_dense", the kernel as [V, D]) where steps of `step_rows` rows
     (batch x beams; None: unknown) read it (`nn.embed.output_layouts`). Serves every
     model with that decoder and output: this LM, the translator (its target table),
-    the multimodal model (its text config). On the CPU only. On a 2-core Zen 4, GPT-2 small's decoding step went from 38.8 to
-    35.4 ms at batch 8 and from 19.3 to 18.9 ms at batch 1."""
+    the multimodal model (its text config). On the CPU only. On a 2-core Zen 4, GPT-2
+    small's decoding step went from 38.8 to 35.4 ms at batch 8 and from 19.3 to 18.9 ms
+    at batch 1."""
     tied = [(table,)] if config.tie_output else []
     untied = [] if config.tie_output else [("logits_dense",)]
     return for_decoding(
