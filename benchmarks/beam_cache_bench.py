@@ -3,8 +3,9 @@
     python -m benchmarks.beam_cache_bench          # d=512, 6 layers, prompts 128 and 1024
     python -m benchmarks.beam_cache_bench --quick  # smoke run: a 2-layer d=32 shape
 
-A GPT-2-style `CausalLM` (`generate_bench.our_config`, random weights, float32) decodes exactly `new_tokens` tokens
-with beam 4 after a prompt, through `decode.cached.beam_generate` twice:
+A GPT-2-style `CausalLM` (`generate_bench.our_config`, random weights, float32) decodes
+exactly `new_tokens` tokens with beam 4 after a prompt, through
+`decode.cached.beam_generate` twice:
 
 - "table" (the default, `MODEL_BEAM_CACHE`): each step appends its keys and values to its
   own row and reads its beam's ancestors through a [B * R, S, R] table, the only cache part
@@ -50,6 +51,7 @@ class Shape:
     prompts: tuple[int, ...]
     new_tokens: int
     rounds: int
+    arch: str = "gpt2"  # for `generate_bench.our_config`
 
     @property
     def context(self) -> int:  # as `generate_bench.Shape` has it, for `our_config`

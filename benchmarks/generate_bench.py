@@ -6,10 +6,11 @@
 
 Both sides run the same function with the same weights: a `GPT2LMHeadModel` (or, with
 `--model llama`, a `LlamaForCausalLM`) is built from its config with random weights
-(seeded, no download) and its weights are converted into our
-`transformer_jax.nn.lm.CausalLM`: GPT-2 as pre-LN, gelu_tanh, learned positions, tied
-output; Llama as pre-RMSNorm, SwiGLU, rotary positions, grouped key/value heads, an
-untied output projection. Greedy outputs of the two sides are compared token by token.
+(seeded, no download) and converted into our `transformer_jax.nn.lm.CausalLM` by
+`tasks.generation.hf.convert`, the conversion `tjax import-hf` saves: GPT-2 as pre-LN,
+gelu_tanh, learned positions, tied output; Llama as pre-RMSNorm, SwiGLU, rotary
+positions, grouped key/value heads, an untied output projection. Greedy outputs of the
+two sides are compared token by token.
 
 Measured, for every batch size and decoding mode (greedy; top-p 0.9 at temperature 1.0):
 generated tokens/s of exactly `new_tokens` new tokens after a `prompt_len`-token prompt
@@ -153,13 +154,13 @@ def _prompts(shape: Shape, batch: int, length: int) -> np.ndarray:
 # ------------------------------------------------------------------------------ the models
 
 
-def hf_model(shape: Shape, seed: int = 0):
-    """`GPT2LMHeadModel` (or `LlamaForCausalLM`) with random weights from its config."""
-    torch = _torch()
-    if shape.arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
+def hf_config(shape: Shape):
+    """The `transformers` config of the shape: `GPT2Config` or `LlamaConfig`."""
+    import transformers
 
-        config = LlamaConfig(
+    special = dict(bos_token_id=shape.vocab - 1, eos_token_id=shape.vocab - 1)
+    if shape.arch == "llama":
+        return transformers.LlamaConfig(
             vocab_size=shape.vocab,
             hidden_size=shape.d_model,
             intermediate_size=shape.d_ff,
@@ -170,14 +171,9 @@ def hf_model(shape: Shape, seed: int = 0):
             rms_norm_eps=1e-6,
             rope_theta=10000.0,
             tie_word_embeddings=False,
-            bos_token_id=shape.vocab - 1,
-            eos_token_id=shape.vocab - 1,
+            **special,
         )
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(config).eval()
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
+    return transformers.GPT2Config(
         vocab_size=shape.vocab,
         n_positions=shape.context,
         n_embd=shape.d_model,
@@ -188,125 +184,36 @@ def hf_model(shape: Shape, seed: int = 0):
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
-        bos_token_id=shape.vocab - 1,
-        eos_token_id=shape.vocab - 1,
+        **special,
     )
+
+
+def hf_model(shape: Shape, seed: int = 0):
+    """`GPT2LMHeadModel` (or `LlamaForCausalLM`) with random weights from its config."""
+    import transformers
+
+    torch = _torch()
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(config).eval()
+    return transformers.AutoModelForCausalLM.from_config(hf_config(shape)).eval()
 
 
-def our_config(shape: Shape):
-    """GPT-2 as a `TransformerConfig`."""
-    from transformer_jax.nn.config import TransformerConfig
-
-    return TransformerConfig(
-        vocab_size=shape.vocab,
-        d_model=shape.d_model,
-        num_heads=shape.heads,
-        d_ff=shape.d_ff,
-        num_decoder_layers=shape.layers,
-        dropout_rate=0.0,
-        norm_type="layer",
-        norm_position="pre",
-        layer_norm_eps=1e-5,
-        activation="gelu_tanh",
-        mlp_bias=True,
-        attention_bias=True,
-        position_type="learned",
-        scale_embeddings=False,
-        tie_output=True,
-        max_position=shape.context,
-    )
+def _ids(shape) -> dict[str, int]:
+    return dict(pad_id=shape.vocab - 1, eos_id=shape.vocab - 1, bos_id=shape.vocab - 1)
 
 
-def llama_config(shape: Shape):
-    """Llama as a `TransformerConfig`."""
-    return our_config(shape).replace(
-        num_kv_heads=shape.kv_heads,
-        norm_type="rms",
-        layer_norm_eps=1e-6,
-        activation="swiglu",
-        mlp_bias=False,
-        attention_bias=False,
-        position_type="rope",
-        position_layout="halves",
-        rope_theta=10000.0,
-        tie_output=False,
-    )
+def our_config(shape):
+    """The shape's model as `tjax import-hf` configures it (`generation.hf.config_from_hf`)."""
+    from transformer_jax.tasks.generation.hf import config_from_hf
+
+    return config_from_hf(hf_config(shape).to_dict(), **_ids(shape))
 
 
-def model_config(shape: Shape):
-    return llama_config(shape) if shape.arch == "llama" else our_config(shape)
+def our_model(model, shape: Shape) -> tuple[Any, dict[str, Any]]:
+    """The `transformers` model converted as `tjax import-hf` converts it: (config, params)."""
+    from transformer_jax.tasks.generation.hf import convert
 
-
-def gpt2_params(state_dict: dict[str, Any], shape: Shape) -> dict[str, Any]:
-    """Our `CausalLM` params from a GPT2LMHeadModel state dict (Conv1D weights are [in, out])."""
-    sd = {k: v.detach().float().numpy() for k, v in state_dict.items()}
-    D, N = shape.d_model, shape.heads
-    H = D // N
-    layers: dict[str, Any] = {}
-    for i in range(shape.layers):
-        p = f"transformer.h.{i}."
-        qkv_w = sd[p + "attn.c_attn.weight"].reshape(D, 3, N, H)
-        qkv_b = sd[p + "attn.c_attn.bias"].reshape(3, N, H)
-        attention = {
-            name: {"kernel": qkv_w[:, j], "bias": qkv_b[j]}
-            for j, name in enumerate(("query", "key", "value"))
-        }
-        attention["out"] = {
-            "kernel": sd[p + "attn.c_proj.weight"].reshape(N, H, D),
-            "bias": sd[p + "attn.c_proj.bias"],
-        }
-        layers[f"layer_{i}"] = {
-            "attention_block": {
-                "norm": {"scale": sd[p + "ln_1.weight"], "bias": sd[p + "ln_1.bias"]}
-            },
-            "mlp_block": {"norm": {"scale": sd[p + "ln_2.weight"], "bias": sd[p + "ln_2.bias"]}},
-            "self_attention": attention,
-            "mlp": {
-                "wi": {"kernel": sd[p + "mlp.c_fc.weight"], "bias": sd[p + "mlp.c_fc.bias"]},
-                "wo": {"kernel": sd[p + "mlp.c_proj.weight"], "bias": sd[p + "mlp.c_proj.bias"]},
-            },
-        }
-    layers["final_norm"] = {
-        "scale": sd["transformer.ln_f.weight"],
-        "bias": sd["transformer.ln_f.bias"],
-    }
-    return {
-        "embed": {"embedding": sd["transformer.wte.weight"]},
-        "positions": {"positions": {"embedding": sd["transformer.wpe.weight"]}},
-        "decoder": layers,
-    }
-
-
-def llama_params(state_dict: dict[str, Any], shape: Shape) -> dict[str, Any]:
-    """Our `CausalLM` params from a LlamaForCausalLM state dict (Linear weights: [out, in])."""
-    sd = {k: v.detach().float().numpy() for k, v in state_dict.items()}
-    D, N, K = shape.d_model, shape.heads, shape.kv_heads
-    H = D // N
-    layers: dict[str, Any] = {}
-    for i in range(shape.layers):
-        p = f"model.layers.{i}."
-        attention = {
-            name: {"kernel": sd[p + f"self_attn.{proj}.weight"].T.reshape(D, heads, H)}
-            for name, proj, heads in (("query", "q_proj", N), ("key", "k_proj", K), ("value", "v_proj", K))
-        }  # fmt: skip
-        attention["out"] = {"kernel": sd[p + "self_attn.o_proj.weight"].T.reshape(N, H, D)}
-        layers[f"layer_{i}"] = {
-            "attention_block": {"norm": {"scale": sd[p + "input_layernorm.weight"]}},
-            "mlp_block": {"norm": {"scale": sd[p + "post_attention_layernorm.weight"]}},
-            "self_attention": attention,
-            "mlp": {
-                name: {"kernel": sd[p + f"mlp.{proj}.weight"].T}
-                for name, proj in (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj"))
-            },
-        }
-    layers["final_norm"] = {"scale": sd["model.norm.weight"]}
-    return {
-        "embed": {"embedding": sd["model.embed_tokens.weight"]},
-        "decoder": layers,
-        "logits_dense": {"kernel": sd["lm_head.weight"].T},
-    }
+    tensors = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    return convert(model.config.to_dict(), tensors, **_ids(shape))
 
 
 # ------------------------------------------------------------------------------ the sides
@@ -321,20 +228,9 @@ class _Ours:
 
         from transformer_jax.nn.lm import CausalLM, cached_decoding_fns, decoding_params
 
-        convert = llama_params if shape.arch == "llama" else gpt2_params
-        config = model_config(shape)
-        params = convert(hf_model(shape).state_dict(), shape)
+        config, params = our_model(hf_model(shape), shape)
         self.jax, self.jnp = jax, jnp
         self.params = jax.tree.map(jnp.asarray, params)
-        # The converted tree must be exactly what our model initialises.
-        ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-        init = jax.eval_shape(CausalLM(config).init, jax.random.key(0), ids)
-        import flax.linen as nn
-
-        want = jax.tree.map(lambda x: x.shape, nn.unbox(init["params"]))
-        got = jax.tree.map(lambda x: x.shape, self.params)
-        if want != got:
-            raise AssertionError(f"converted {shape.arch} weights do not match CausalLM's params")
         self.fns = cached_decoding_fns(CausalLM(config))
         # Laid out for decoding once, as `Generator` does (untimed, like its first call).
         self.params = jax.block_until_ready(decoding_params(config, self.params))

@@ -18,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from tokenizers import (  # noqa: E402
     Tokenizer,
@@ -33,7 +34,7 @@ from transformer_jax.data.hf_tokenizer import HFTokenizer  # noqa: E402
 from transformer_jax.data.processors import processors_from_json, processors_to_json  # noqa: E402
 from transformer_jax.decode import cached  # noqa: E402
 from transformer_jax.nn.lm import CausalLM, cached_decoding_fns  # noqa: E402
-from transformer_jax.tasks.generation.hf import export_hf, import_hf  # noqa: E402
+from transformer_jax.tasks.generation.hf import convert, export_hf, import_hf  # noqa: E402
 from transformer_jax.train.restore import load_for_inference  # noqa: E402
 
 CORPUS = [
@@ -188,6 +189,30 @@ def test_logits_match_transformers(hub):
     expected = _hf_logits(model, ids)
     assert np.abs(expected).max() > 0.1
     np.testing.assert_allclose(_our_logits(loaded, ids), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_convert_in_memory_matches_the_import(hub):
+    """`convert` of the live model's config and state dict (GPT-2's tied `lm_head.weight`
+    present, no file read) gives the imported checkpoint's config and weights, and the
+    model's logits."""
+    kind, _, model, workdir = hub
+    loaded = load_for_inference(workdir)
+    tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    ids = loaded.model_config
+    config, params = convert(
+        model.config.to_dict(), tensors, pad_id=ids.pad_id, eos_id=ids.eos_id,
+        bos_id=ids.decoder_start_id,
+    )  # fmt: skip
+    assert config == loaded.model_config
+    assert jax.tree.structure(params) == jax.tree.structure(loaded.params)
+    for ours, saved in zip(jax.tree.leaves(params), jax.tree.leaves(loaded.params), strict=True):
+        np.testing.assert_array_equal(ours, saved)
+    tokens = np.random.default_rng(1).integers(0, model.config.vocab_size, (2, 9))
+    out = CausalLM(config).apply({"params": params}, jnp.asarray(tokens, jnp.int32))
+    np.testing.assert_allclose(np.asarray(out), _hf_logits(model, tokens), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="weights lack"):
+        del tensors[next(k for k in tensors if k.endswith("mlp.c_fc.weight") or "up_proj" in k)]
+        convert(model.config.to_dict(), tensors)
 
 
 def _decode(loaded, prompts: np.ndarray, max_new: int, beams: int = 0):

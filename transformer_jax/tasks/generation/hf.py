@@ -3,6 +3,7 @@
     from transformer_jax.tasks.generation.hf import export_hf, import_hf
     import_hf("gpt2", "runs/gpt2")          # a Hub folder -> a "causal_lm" workdir at step 0
     export_hf("runs/gpt2", "out/gpt2")      # a workdir -> a folder transformers loads
+    config, params = convert(hf_config, tensors)  # in memory: our CausalLM's config, params
 
 A Hub folder holds `config.json` (`model_type` "gpt2", "llama", "mistral" or "qwen2"),
 `model.safetensors` (or shards; pickle files are never loaded) and the tokenizer:
@@ -437,21 +438,9 @@ def _convert(weights, entries: list[Entry], ignored: set[str], config) -> dict[s
     return params
 
 
-def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
-    """Converts a Hub GPT-2 / Llama / Mistral / Qwen2 folder into a "causal_lm" workdir
-    checkpoint at step 0. Returns a summary: workdir, step, model_type, num_params."""
-    from transformer_jax.data.processors import processors_to_json
-    from transformer_jax.nn.config import TransformerConfig, config_to_json, from_settings
-    from transformer_jax.tasks.generation.text import lm_specials
-    from transformer_jax.train.checkpoint import Checkpointer, checkpoint_dir
-
-    src_dir = os.fspath(src_dir)
-    if not os.path.isdir(src_dir):
-        raise ValueError(f"Hugging Face model directory {src_dir} does not exist")
-    ckpt_dir = checkpoint_dir(workdir)
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        raise ValueError(f"{workdir} already holds checkpoints; import into a fresh workdir")
-    hf = read_json(src_dir, "config.json")
+def _settings(hf: Any) -> tuple[str, dict[str, Any], dict[str, int]]:
+    """config.json as (model_type, our model settings, sizes D N K Hd F layers V P);
+    refuses what this stack cannot run exactly."""
     if not isinstance(hf, dict):
         raise ValueError("config.json must hold a JSON object")
     model_type = hf.get("model_type")
@@ -460,23 +449,41 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
             f"config.json: unsupported model_type={model_type!r} (choose one of {MODEL_TYPES})"
         )
     if model_type == "gpt2":
-        model, s = _gpt2_model(hf)
+        model, sizes = _gpt2_model(hf)
     else:
-        model, s = _llama_model(hf, model_type)
-    D, N, K, Hd, F, layers, V, P = (s[k] for k in ("D", "N", "K", "Hd", "F", "layers", "V", "P"))
-    if min(D, N, K, Hd, F, layers, V, P) < 1:
+        model, sizes = _llama_model(hf, model_type)
+    if min(sizes.values()) < 1:
         raise ValueError("config.json: every size (hidden_size, num_layers, ...) must be >= 1")
-    if model_type == "gpt2" and D % N:
-        raise ValueError(f"config.json: n_embd={D} is not a multiple of n_head={N}")
+    if model_type == "gpt2" and sizes["D"] % sizes["N"]:
+        raise ValueError(
+            f"config.json: n_embd={sizes['D']} is not a multiple of n_head={sizes['N']}"
+        )
     tied = hf.get("tie_word_embeddings", model_type == "gpt2")
     if not isinstance(tied, bool):
         raise ValueError(f"config.json: unsupported tie_word_embeddings={tied!r}")
-    tokenizer = tokenizer_from_dir(src_dir, model_type, hf)
-    if tokenizer.vocab_size > V:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens, the model only {V} embeddings"
-        )
-    weights = read_safetensors_dir(src_dir)
+    model["tie_output"] = tied
+    return model_type, model, sizes
+
+
+def _model_config(run, V: int, *, pad_id: int, eos_id: int, bos_id: int):
+    from transformer_jax.nn.config import TransformerConfig, from_settings
+
+    return from_settings(
+        run.model,
+        TransformerConfig,
+        vocab_size=V,  # the embedding rows (may exceed the tokenizer's vocabulary)
+        pad_id=pad_id,
+        eos_id=eos_id,
+        decoder_start_id=bos_id,
+        num_encoder_layers=0,
+    )
+
+
+def _params(hf: dict[str, Any], weights: dict[str, np.ndarray], config) -> dict[str, Any]:
+    """The tensors of a checkpoint (names as in its safetensors files) as our params."""
+    model_type, model, s = _settings(hf)
+    D, N, K, Hd, F, layers, V, P = (s[k] for k in ("D", "N", "K", "Hd", "F", "layers", "V", "P"))
+    tied = model["tie_output"]
     base = "transformer." if model_type == "gpt2" else "model."
     prefix = base if any(k.startswith(base) for k in weights) else ""
     if model_type == "gpt2":
@@ -500,19 +507,60 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
                 "lm_head.weight differs from the token embedding, yet tie_word_embeddings is true"
             )
         ignored.add("lm_head.weight")
-    model["tie_output"] = tied
-    run = _run_config(model, P=P, add_bos=_adds_bos(src_dir, tokenizer))
+    return _convert(weights, entries, ignored, config)
+
+
+def config_from_hf(hf: dict[str, Any], *, pad_id: int = 0, eos_id: int = 1, bos_id: int = 2):
+    """A transformers config (config.json's object) as our `CausalLM`'s `TransformerConfig`,
+    as `import_hf` makes it; the special ids are the tokenizer's there."""
+    _, model, sizes = _settings(hf)
+    run = _run_config(model, P=sizes["P"], add_bos=False)
+    return _model_config(run, sizes["V"], pad_id=pad_id, eos_id=eos_id, bos_id=bos_id)
+
+
+def convert(
+    hf: dict[str, Any],
+    weights: dict[str, np.ndarray],
+    *,
+    pad_id: int = 0,
+    eos_id: int = 1,
+    bos_id: int = 2,
+) -> tuple[Any, dict[str, Any]]:
+    """A transformers model (config.json's object and its tensors by safetensors name) as
+    our `CausalLM`: (`TransformerConfig`, params), exactly what `import_hf` saves."""
+    config = config_from_hf(hf, pad_id=pad_id, eos_id=eos_id, bos_id=bos_id)
+    return config, _params(hf, weights, config)
+
+
+def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
+    """Converts a Hub GPT-2 / Llama / Mistral / Qwen2 folder into a "causal_lm" workdir
+    checkpoint at step 0. Returns a summary: workdir, step, model_type, num_params."""
+    from transformer_jax.data.processors import processors_to_json
+    from transformer_jax.nn.config import config_to_json
+    from transformer_jax.tasks.generation.text import lm_specials
+    from transformer_jax.train.checkpoint import Checkpointer, checkpoint_dir
+
+    src_dir = os.fspath(src_dir)
+    if not os.path.isdir(src_dir):
+        raise ValueError(f"Hugging Face model directory {src_dir} does not exist")
+    ckpt_dir = checkpoint_dir(workdir)
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        raise ValueError(f"{workdir} already holds checkpoints; import into a fresh workdir")
+    hf = read_json(src_dir, "config.json")
+    model_type, model, sizes = _settings(hf)
+    V, tied = sizes["V"], model["tie_output"]
+    tokenizer = tokenizer_from_dir(src_dir, model_type, hf)
+    if tokenizer.vocab_size > V:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens, the model only {V} embeddings"
+        )
+    weights = read_safetensors_dir(src_dir)
+    run = _run_config(model, P=sizes["P"], add_bos=_adds_bos(src_dir, tokenizer))
     specials = lm_specials(tokenizer)
-    config = from_settings(
-        run.model,
-        TransformerConfig,
-        vocab_size=V,  # the embedding rows (may exceed the tokenizer's vocabulary)
-        pad_id=specials.pad_id,
-        eos_id=specials.eos_id,
-        decoder_start_id=specials.bos_id,
-        num_encoder_layers=0,
+    config = _model_config(
+        run, V, pad_id=specials.pad_id, eos_id=specials.eos_id, bos_id=specials.bos_id
     )
-    params = _convert(weights, entries, ignored, config)
+    params = _params(hf, weights, config)
 
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(ckpt_dir, keep=1)
