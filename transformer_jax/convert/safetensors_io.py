@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import tempfile
 from typing import Any
 
 import ml_dtypes
@@ -112,3 +114,37 @@ def read_json(src_dir: str, name: str, required: bool = True) -> Any:
             return json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def export_destination(out_dir: str) -> str:
+    """`out_dir` as a path, refused (one line) unless it is absent or empty."""
+    out_dir = os.fspath(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"{out_dir} is not empty; export into a new folder")
+    return out_dir
+
+
+def write_hf_folder(
+    out_dir: str, tensors: dict[str, np.ndarray], files: dict[str, Any], tokenizer
+) -> None:
+    """A Hugging Face folder: `model.safetensors`, each of `files` (name -> JSON value)
+    and `tokenizer.json` (`tokenizer.save(path)`, a `tokenizers.Tokenizer`). It is
+    written into a staging folder beside `out_dir` and renamed into place when
+    complete, so a failed export leaves nothing behind."""
+    from safetensors.numpy import save_file
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
+        for name, value in files.items():
+            with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
+                json.dump(value, f, indent=2, ensure_ascii=False)
+        tokenizer.save(os.path.join(staging, "tokenizer.json"))
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

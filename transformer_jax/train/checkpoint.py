@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -347,6 +348,42 @@ def checkpoint_dir(workdir: str, averaged: bool = False) -> str:
     from transformer_jax.train import paths
 
     return paths.join(paths.resolve(workdir), "checkpoints_averaged" if averaged else "checkpoints")
+
+
+def check_import(src_dir: str, workdir: str, what: str = "Hugging Face model") -> str:
+    """`src_dir` as a path, after one-line errors for a missing source folder and for a
+    workdir that already holds checkpoints (an import writes step 0 of a fresh run)."""
+    src_dir = os.fspath(src_dir)
+    if not os.path.isdir(src_dir):
+        raise ValueError(f"{what} directory {src_dir} does not exist")
+    ckpt_dir = checkpoint_dir(workdir)
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        raise ValueError(f"{workdir} already holds checkpoints; import into a fresh workdir")
+    return src_dir
+
+
+def save_imported(
+    workdir: str, params, *, config: dict[str, Any], model: Any, tokenizer: Any
+) -> None:
+    """Writes converted parameters as step 0 of `workdir` (no optimizer state, no data
+    position: a run starts from it), with the run config (also as the workdir's
+    config.json), the model config and the processors, all as JSON."""
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = Checkpointer(checkpoint_dir(workdir), keep=1)
+    try:
+        ckpt.save(
+            0,
+            state={"step": 0, "params": params, "opt_state": {}},
+            data={},
+            config=config,
+            model=model,
+            tokenizer=tokenizer,
+            force=True,
+        )
+    finally:
+        ckpt.close()
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
 
 
 class Checkpointer:

@@ -17,10 +17,7 @@ as its `tokenizer.json`.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -42,7 +39,12 @@ from transformer_jax.convert.params import (
     param_shapes,
     set_path,
 )
-from transformer_jax.convert.safetensors_io import read_json, read_safetensors_dir
+from transformer_jax.convert.safetensors_io import (
+    export_destination,
+    read_json,
+    read_safetensors_dir,
+    write_hf_folder,
+)
 from transformer_jax.data.hf_tokenizer import HFTokenizer
 from transformer_jax.data.hf_tokenizer import add_specials as _add_specials
 from transformer_jax.data.hf_tokenizer import token_str as _token_str
@@ -423,14 +425,9 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
     """
     from transformer_jax.data.processors import processors_to_json
     from transformer_jax.tasks.classification.config import config_to_json, model_config
-    from transformer_jax.train.checkpoint import Checkpointer, checkpoint_dir
+    from transformer_jax.train.checkpoint import check_import, save_imported
 
-    src_dir = os.fspath(src_dir)
-    if not os.path.isdir(src_dir):
-        raise ValueError(f"Hugging Face model directory {src_dir} does not exist")
-    ckpt_dir = checkpoint_dir(workdir)
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        raise ValueError(f"{workdir} already holds checkpoints; import into a fresh workdir")
+    src_dir = check_import(src_dir, workdir)
     hf = read_json(src_dir, "config.json")
     if not isinstance(hf, dict):
         raise ValueError("config.json must hold a JSON object")
@@ -530,22 +527,13 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
     if has_head:
         processors["labels"] = labels
 
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = Checkpointer(ckpt_dir, keep=1)
-    try:
-        ckpt.save(
-            0,
-            state={"step": 0, "params": params, "opt_state": {}},
-            data={},
-            config=run.to_dict(),
-            model=config_to_json(config),
-            tokenizer=processors_to_json(processors),
-            force=True,
-        )
-    finally:
-        ckpt.close()
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(run.to_dict(), f, indent=2)
+    save_imported(
+        workdir,
+        params,
+        config=run.to_dict(),
+        model=config_to_json(config),
+        tokenizer=processors_to_json(processors),
+    )
     return {
         "workdir": os.path.abspath(workdir),
         "step": 0,
@@ -649,13 +637,9 @@ def _sentencepiece_to_hf(tok) -> HFTokenizer:
 def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> dict[str, Any]:
     """Writes a classification workdir's latest good checkpoint as a Hugging Face folder:
     config.json, model.safetensors, tokenizer.json and tokenizer_config.json."""
-    from safetensors.numpy import save_file
-
     from transformer_jax.train.restore import load_for_inference
 
-    out_dir = os.fspath(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise ValueError(f"{out_dir} is not empty; export into a new folder")
+    out_dir = export_destination(out_dir)
     loaded = load_for_inference(workdir, step=step)
     config = loaded.model_config
     _export_checks(config)
@@ -745,22 +729,8 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> dict[st
         pair=f"{s['cls_token']} $A {s['sep_token']} $B {s['sep_token']}",
         special_tokens=[(s["cls_token"], tok.cls_id), (s["sep_token"], tok.sep_id)],
     )
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
-        save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
-        with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(hf_config, f, indent=2, ensure_ascii=False)
-        with open(os.path.join(staging, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-            json.dump(tok_config, f, indent=2, ensure_ascii=False)
-        backend.save(os.path.join(staging, "tokenizer.json"))
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    files = {"config.json": hf_config, "tokenizer_config.json": tok_config}
+    write_hf_folder(out_dir, tensors, files, backend)
     return {
         "out_dir": os.path.abspath(out_dir),
         "step": loaded.step,

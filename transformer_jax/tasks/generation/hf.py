@@ -16,10 +16,7 @@ than the context, GPT-2's per-layer attention scaling, ...) are refused with one
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -35,7 +32,12 @@ from transformer_jax.convert.params import (
     set_path,
     shown,
 )
-from transformer_jax.convert.safetensors_io import read_json, read_safetensors_dir
+from transformer_jax.convert.safetensors_io import (
+    export_destination,
+    read_json,
+    read_safetensors_dir,
+    write_hf_folder,
+)
 from transformer_jax.data.hf_tokenizer import CAUSAL_TYPES, HFTokenizer, add_specials, token_str
 
 MODEL_TYPES = CAUSAL_TYPES
@@ -538,14 +540,9 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
     from transformer_jax.data.processors import processors_to_json
     from transformer_jax.nn.config import config_to_json
     from transformer_jax.tasks.generation.text import lm_specials
-    from transformer_jax.train.checkpoint import Checkpointer, checkpoint_dir
+    from transformer_jax.train.checkpoint import check_import, save_imported
 
-    src_dir = os.fspath(src_dir)
-    if not os.path.isdir(src_dir):
-        raise ValueError(f"Hugging Face model directory {src_dir} does not exist")
-    ckpt_dir = checkpoint_dir(workdir)
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        raise ValueError(f"{workdir} already holds checkpoints; import into a fresh workdir")
+    src_dir = check_import(src_dir, workdir)
     hf = read_json(src_dir, "config.json")
     model_type, model, sizes = _settings(hf)
     V, tied = sizes["V"], model["tie_output"]
@@ -561,23 +558,13 @@ def import_hf(src_dir: str, workdir: str) -> dict[str, Any]:
         run, V, pad_id=specials.pad_id, eos_id=specials.eos_id, bos_id=specials.bos_id
     )
     params = _params(hf, weights, config)
-
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = Checkpointer(ckpt_dir, keep=1)
-    try:
-        ckpt.save(
-            0,
-            state={"step": 0, "params": params, "opt_state": {}},
-            data={},
-            config=run.to_dict(),
-            model=config_to_json(config),
-            tokenizer=processors_to_json({"tokenizer": tokenizer}),
-            force=True,
-        )
-    finally:
-        ckpt.close()
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(run.to_dict(), f, indent=2)
+    save_imported(
+        workdir,
+        params,
+        config=run.to_dict(),
+        model=config_to_json(config),
+        tokenizer=processors_to_json({"tokenizer": tokenizer}),
+    )
     return {
         "workdir": os.path.abspath(workdir),
         "step": 0,
@@ -657,13 +644,9 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> dict[st
     config.json, generation_config.json, model.safetensors, tokenizer.json and
     tokenizer_config.json (GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM or
     Qwen2ForCausalLM)."""
-    from safetensors.numpy import save_file
-
     from transformer_jax.train.restore import load_for_inference
 
-    out_dir = os.fspath(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise ValueError(f"{out_dir} is not empty; export into a new folder")
+    out_dir = export_destination(out_dir)
     loaded = load_for_inference(workdir, step=step)
     config = loaded.model_config
     tok = loaded.processors.get("tokenizer")
@@ -728,25 +711,12 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> dict[st
         tensors = _join_c_attn(tensors)
     gen_config = {k: v for k, v in ids.items() if v is not None}
     tok_config, backend = _tokenizer_files(tok, P)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
-        save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
-        for name, blob in (
-            ("config.json", hf_config),
-            ("generation_config.json", gen_config),
-            ("tokenizer_config.json", tok_config),
-        ):
-            with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
-                json.dump(blob, f, indent=2, ensure_ascii=False)
-        backend.save(os.path.join(staging, "tokenizer.json"))
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    files = {
+        "config.json": hf_config,
+        "generation_config.json": gen_config,
+        "tokenizer_config.json": tok_config,
+    }
+    write_hf_folder(out_dir, tensors, files, backend)
     return {
         "out_dir": os.path.abspath(out_dir),
         "step": loaded.step,

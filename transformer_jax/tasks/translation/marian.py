@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -715,14 +714,9 @@ def import_marian(src_dir: str, workdir: str) -> dict[str, Any]:
     decode (the decoding settings stored in the run config) and banned_tokens.
     """
     from transformer_jax.nn.config import config_to_json
-    from transformer_jax.train.checkpoint import Checkpointer, checkpoint_dir
+    from transformer_jax.train.checkpoint import check_import, save_imported
 
-    src_dir = os.fspath(src_dir)
-    if not os.path.isdir(src_dir):
-        raise ValueError(f"Marian model directory {src_dir} does not exist")
-    ckpt_dir = checkpoint_dir(workdir)
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        raise ValueError(f"{workdir} already holds checkpoints; import into a fresh workdir")
+    src_dir = check_import(src_dir, workdir, "Marian model")
     hf = read_json(src_dir, "config.json")
     _check_marian_config(hf)
     gen = _generation_settings(src_dir, hf)
@@ -736,22 +730,13 @@ def import_marian(src_dir: str, workdir: str) -> dict[str, Any]:
     banned = _ban_tokens(params, gen, cfg.output_vocab_size)
     run = _run_config(cfg, gen, tokenizer.source.vocab_size)
 
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = Checkpointer(ckpt_dir, keep=1)
-    try:
-        ckpt.save(
-            0,
-            state={"step": 0, "params": params, "opt_state": {}},
-            data={},
-            config=run.to_dict(),
-            model=config_to_json(cfg),
-            tokenizer=tokenizer.to_json(),
-            force=True,
-        )
-    finally:
-        ckpt.close()
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(run.to_dict(), f, indent=2)
+    save_imported(
+        workdir,
+        params,
+        config=run.to_dict(),
+        model=config_to_json(cfg),
+        tokenizer=tokenizer.to_json(),
+    )
     return {
         "workdir": os.path.abspath(workdir),
         "step": 0,
