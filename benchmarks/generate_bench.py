@@ -197,15 +197,11 @@ def hf_model(shape: Shape, seed: int = 0):
     return transformers.AutoModelForCausalLM.from_config(hf_config(shape)).eval()
 
 
-def _ids(shape) -> dict[str, int]:
-    return dict(pad_id=shape.vocab - 1, eos_id=shape.vocab - 1, bos_id=shape.vocab - 1)
-
-
 def our_config(shape):
     """The shape's model as `tjax import-hf` configures it (`generation.hf.config_from_hf`)."""
     from transformer_jax.tasks.generation.hf import config_from_hf
 
-    return config_from_hf(hf_config(shape).to_dict(), **_ids(shape))
+    return config_from_hf(hf_config(shape).to_dict())
 
 
 def our_model(model, shape: Shape) -> tuple[Any, dict[str, Any]]:
@@ -213,7 +209,7 @@ def our_model(model, shape: Shape) -> tuple[Any, dict[str, Any]]:
     from transformer_jax.tasks.generation.hf import convert
 
     tensors = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    return convert(model.config.to_dict(), tensors, **_ids(shape))
+    return convert(model.config.to_dict(), tensors)
 
 
 # ------------------------------------------------------------------------------ the sides

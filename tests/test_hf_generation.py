@@ -193,17 +193,14 @@ def test_logits_match_transformers(hub):
 
 def test_convert_in_memory_matches_the_import(hub):
     """`convert` of the live model's config and state dict (GPT-2's tied `lm_head.weight`
-    present, no file read) gives the imported checkpoint's config and weights, and the
-    model's logits."""
+    present, no file read) gives the imported checkpoint's config (special ids from the
+    config instead of the tokenizer, the same here) and weights, and the model's logits."""
     kind, _, model, workdir = hub
     loaded = load_for_inference(workdir)
     tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    ids = loaded.model_config
-    config, params = convert(
-        model.config.to_dict(), tensors, pad_id=ids.pad_id, eos_id=ids.eos_id,
-        bos_id=ids.decoder_start_id,
-    )  # fmt: skip
+    config, params = convert(model.config.to_dict(), tensors)
     assert config == loaded.model_config
+    assert convert(model.config.to_dict(), tensors, eos_id=5)[0].eos_id == 5
     assert jax.tree.structure(params) == jax.tree.structure(loaded.params)
     for ours, saved in zip(jax.tree.leaves(params), jax.tree.leaves(loaded.params), strict=True):
         np.testing.assert_array_equal(ours, saved)

@@ -512,24 +512,41 @@ def _params(hf: dict[str, Any], weights: dict[str, np.ndarray], config) -> dict[
     return _convert(weights, entries, ignored, config)
 
 
-def config_from_hf(hf: dict[str, Any], *, pad_id: int = 0, eos_id: int = 1, bos_id: int = 2):
+def config_from_hf(
+    hf: dict[str, Any],
+    *,
+    pad_id: int | None = None,
+    eos_id: int | None = None,
+    bos_id: int | None = None,
+):
     """A transformers config (config.json's object) as our `CausalLM`'s `TransformerConfig`,
-    as `import_hf` makes it; the special ids are the tokenizer's there."""
+    as `import_hf` makes it. Special ids not given are config.json's (the first of a
+    list); as `import_hf` does with a tokenizer, a missing pad or bos id is the eos id."""
+    from transformer_jax.nn.config import TransformerConfig
+
     _, model, sizes = _settings(hf)
     run = _run_config(model, P=sizes["P"], add_bos=False)
-    return _model_config(run, sizes["V"], pad_id=pad_id, eos_id=eos_id, bos_id=bos_id)
+    given = {"eos": eos_id, "bos": bos_id, "pad": pad_id}
+    ids = {k: _first_id(hf.get(f"{k}_token_id")) if v is None else v for k, v in given.items()}
+    if ids["eos"] is None:
+        ids["eos"] = TransformerConfig.eos_id
+    for k in ("bos", "pad"):
+        if ids[k] is None:
+            ids[k] = ids["eos"]
+    return _model_config(run, sizes["V"], pad_id=ids["pad"], eos_id=ids["eos"], bos_id=ids["bos"])
 
 
 def convert(
     hf: dict[str, Any],
     weights: dict[str, np.ndarray],
     *,
-    pad_id: int = 0,
-    eos_id: int = 1,
-    bos_id: int = 2,
+    pad_id: int | None = None,
+    eos_id: int | None = None,
+    bos_id: int | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """A transformers model (config.json's object and its tensors by safetensors name) as
-    our `CausalLM`: (`TransformerConfig`, params), exactly what `import_hf` saves."""
+    our `CausalLM`: (`TransformerConfig`, params), what `import_hf` saves. The special ids
+    are `config_from_hf`'s."""
     config = config_from_hf(hf, pad_id=pad_id, eos_id=eos_id, bos_id=bos_id)
     return config, _params(hf, weights, config)
 
