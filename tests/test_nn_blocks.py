@@ -457,3 +457,42 @@ def test_tied_logits_value_and_gradients_match_numpy(batch, length) -> None:
     np.testing.assert_allclose(np.asarray(dx), w64 @ table, rtol=1e-5, atol=1e-5)
     want = np.einsum("blv,bld->vd", w64, x64)
     np.testing.assert_allclose(np.asarray(d_params["embedding"]), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,features,in_features", [
+    ("query", (2, 8), None),  # [D] -> [N, H], the kernel [D, N, H]
+    ("out", (16,), (2, 8)),  # [N, H] -> [D], the kernel [N, H, D]
+])  # fmt: skip
+@pytest.mark.parametrize("decode", [False, True])
+def test_projection_value_and_gradients_match_numpy(name, features, in_features, decode) -> None:
+    # Training on a CPU computes the kernel's gradient as x^T times d (`_project_grad_in_
+    # layout`); decoding uses the plain product. Both against the closed form in float64.
+    from transformer_jax.nn.attention import _proj
+
+    cfg = tiny(attention_bias=True, decode=decode)
+    proj = _proj(features, ("a", "b", "c")[: 1 + len(features)], cfg, name, in_features)
+    rng = np.random.default_rng(len(features))
+    in_shape = (3, 5) + (in_features or (cfg.d_model,))
+    x = rng.normal(size=in_shape).astype(np.float32)
+    params = unboxed_params(proj, jnp.asarray(x))
+    w = rng.normal(size=(3, 5) + features).astype(np.float32)  # d loss / d output
+
+    def loss(params, x):
+        y = proj.apply({"params": params}, x)
+        return jnp.sum(y * w), y
+
+    (_, y), (d_params, dx) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(
+        params, jnp.asarray(x)
+    )
+    n_in = len(in_shape) - 2
+    k64 = np.asarray(params["kernel"], np.float64)
+    x2 = x.astype(np.float64).reshape(15, -1)
+    w2 = w.astype(np.float64).reshape(15, -1)
+    k2 = k64.reshape(x2.shape[1], -1)
+    want_y = (x2 @ k2 + np.asarray(params["bias"], np.float64).reshape(-1)).reshape(y.shape)
+    np.testing.assert_allclose(np.asarray(y), want_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), (w2 @ k2.T).reshape(x.shape), rtol=1e-5, atol=1e-5)
+    assert d_params["kernel"].shape == k64.shape and n_in == k64.ndim - len(features)
+    want_k = (x2.T @ w2).reshape(k64.shape)
+    np.testing.assert_allclose(np.asarray(d_params["kernel"]), want_k, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(d_params["bias"]), w2.sum(0).reshape(features), rtol=1e-5)
