@@ -204,7 +204,7 @@ def our_config(shape):
     return config_from_hf(hf_config(shape).to_dict())
 
 
-def our_model(model, shape: Shape) -> tuple[Any, dict[str, Any]]:
+def our_model(model) -> tuple[Any, dict[str, Any]]:
     """The `transformers` model converted as `tjax import-hf` converts it: (config, params)."""
     from transformer_jax.tasks.generation.hf import convert
 
@@ -224,7 +224,7 @@ class _Ours:
 
         from transformer_jax.nn.lm import CausalLM, cached_decoding_fns, decoding_params
 
-        config, params = our_model(hf_model(shape), shape)
+        config, params = our_model(hf_model(shape))
         self.jax, self.jnp = jax, jnp
         self.params = jax.tree.map(jnp.asarray, params)
         self.fns = cached_decoding_fns(CausalLM(config))
